@@ -1,0 +1,126 @@
+"""How the agent signs every n8n webhook call, so a workflow can tell it is really us.
+
+Each tool call is an HTTP `POST {N8N_WEBHOOK_BASE}/{DEPARTMENT_ID}/{tool}` with these headers:
+
+    Content-Type:     application/json
+    X-AIO-Auth:       <N8N_WEBHOOK_SECRET>        (n8n "Header Auth" credential, name X-AIO-Auth)
+    X-AIO-Timestamp:  <unix time in seconds, an integer>
+    X-AIO-Request-Id: <uuid4 hex, new for every HTTP attempt, retries included>
+    X-Signature:      sha256=<hex of HMAC-SHA256(key=N8N_WEBHOOK_SECRET,
+                                                 msg=X-AIO-Timestamp + "." + raw body bytes)>
+
+The body is compact UTF-8 JSON (no spaces, non-ASCII characters not escaped):
+
+    {"department_id":"hr","session_id":"...","tool":"lookup_policy","arguments":{...},
+     "requested_at":"2026-12-03T19:20:00.123Z","request_id":"<same as X-AIO-Request-Id>"}
+
+To verify in n8n: Webhook node with Header Auth (rejects a wrong X-AIO-Auth with 403) and the
+option "Raw Body" on; then a Code node (needs NODE_FUNCTION_ALLOW_BUILTIN=crypto):
+
+    const crypto = require('crypto');
+    const h = $input.first().json.headers;
+    const raw = await this.helpers.getBinaryDataBuffer(0, 'data');
+    const ts = Number(h['x-aio-timestamp']);
+    const mac = crypto.createHmac('sha256', SECRET).update(`${ts}.`).update(raw).digest('hex');
+    const want = Buffer.from(`sha256=${mac}`), got = Buffer.from(h['x-signature'] || '');
+    const ok = Math.abs(Date.now() / 1000 - ts) <= 300 &&
+      want.length === got.length && crypto.timingSafeEqual(want, got);
+
+Answer 401 when `ok` is false. Refuse a timestamp more than 5 minutes away from your clock, and
+(optionally) a request id seen before within that window: that stops replays. The agent never
+reuses a request id, so retries pass such a check.
+
+Without N8N_WEBHOOK_SECRET the agent sends neither X-AIO-Auth nor X-Signature (timestamp and request
+id still go out). Anyone who can reach the webhook can then call it: acceptable only in tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+AUTH_HEADER = "X-AIO-Auth"
+TIMESTAMP_HEADER = "X-AIO-Timestamp"
+REQUEST_ID_HEADER = "X-AIO-Request-Id"
+SIGNATURE_HEADER = "X-Signature"
+SIGNATURE_PREFIX = "sha256="
+DEFAULT_TOLERANCE_S = 300
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The X-Signature value for `body` sent at `timestamp`: `sha256=<hex>`."""
+    mac = hmac.new(secret.encode(), f"{int(timestamp)}.".encode(), hashlib.sha256)
+    mac.update(body)
+    return SIGNATURE_PREFIX + mac.hexdigest()
+
+
+def verify(
+    secret: str,
+    timestamp: int | str,
+    body: bytes,
+    signature: str,
+    *,
+    now: float | None = None,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+) -> bool:
+    """True when `signature` signs `body` at `timestamp` and the timestamp is fresh.
+
+    Constant-time comparison; a malformed timestamp or signature is simply False.
+    """
+    try:
+        ts = int(timestamp)
+    except (TypeError, ValueError):
+        return False
+    current = time.time() if now is None else now
+    if abs(current - ts) > tolerance_s:
+        return False
+    if not isinstance(signature, str):
+        return False
+    return hmac.compare_digest(sign(secret, ts, body).encode(), signature.encode())
+
+
+def signed_headers(
+    secret: str | None, body: bytes, *, request_id: str, now: float | None = None
+) -> dict[str, str]:
+    """Every header of one webhook POST (see the module docstring)."""
+    timestamp = int(time.time() if now is None else now)
+    headers = {
+        "Content-Type": "application/json",
+        TIMESTAMP_HEADER: str(timestamp),
+        REQUEST_ID_HEADER: request_id,
+    }
+    if secret:
+        headers[AUTH_HEADER] = secret
+        headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+    return headers
+
+
+def iso_utc(now: float | None = None) -> str:
+    """`2026-12-03T19:20:00.123Z` for `now` (default: the current time)."""
+    moment = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def request_body(
+    *,
+    department_id: str,
+    session_id: str,
+    tool: str,
+    arguments: dict[str, Any],
+    request_id: str,
+    now: float | None = None,
+) -> bytes:
+    """The exact bytes the agent signs and sends (compact UTF-8 JSON, documented above)."""
+    doc = {
+        "department_id": department_id,
+        "session_id": session_id,
+        "tool": tool,
+        "arguments": arguments,
+        "requested_at": iso_utc(now),
+        "request_id": request_id,
+    }
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()
