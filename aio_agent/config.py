@@ -31,20 +31,25 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from aio_agent.naming import DEPARTMENT_ID_PATTERN, role_name, schema_name
+from aio_agent.rendered import (  # load_rendered is re-exported for callers of this module
+    CONFIG_VERSION,
+    DEFAULT_CONFIG_PATH,
+    Loader,
+    load_rendered,
+)
 
 EX_OK = 0
 EX_USAGE = 64
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 
-CONFIG_VERSION = 1
-DEFAULT_CONFIG_PATH = "/app/config/config.yaml"
+__all__ = ["ConfigError", "Settings", "build_config", "dump_yaml", "load_rendered", "write_atomic"]
+
 BUILTIN_TOOLS = ("search_documents",)
 TOOL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 PLACEHOLDER_PREFIXES = ("placeholder", "changeme", "change-me", "replace-me", "your-")
 
 Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _var(
@@ -790,15 +795,6 @@ def write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def load_rendered(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a rendered config file (stdlib + yaml only; what the agent and migrator call)."""
-    with open(path, encoding="utf-8") as handle:
-        data = yaml.load(handle, Loader=Loader)  # noqa: S506 - Loader is a SafeLoader
-    if not isinstance(data, dict) or data.get("version") != CONFIG_VERSION:
-        raise ValueError(f"{path}: not a version {CONFIG_VERSION} aio-agent config file")
-    return data
 
 
 def redacted(document: Mapping[str, Any]) -> dict[str, Any]:
