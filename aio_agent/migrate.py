@@ -347,7 +347,7 @@ def resolve_target(args: argparse.Namespace, env: Mapping[str, str]) -> Target:
     if args.department is not None:
         raise MigrateError(EX_USAGE, "--department needs --database-url or --database-url-env")
     path = args.config or env.get("CONFIG_PATH") or DEFAULT_CONFIG_PATH
-    from aio_agent.config import load_rendered  # noqa: PLC0415 - pydantic only on this path
+    from aio_agent.rendered import load_rendered  # noqa: PLC0415 - only on this path
 
     try:
         document = load_rendered(path)
