@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from aio_agent.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_USAGE
 from aio_agent.naming import DEPARTMENT_ID_PATTERN, role_name, schema_name
 from aio_agent.rendered import (  # load_rendered is re-exported for callers of this module
     CONFIG_VERSION,
@@ -38,12 +39,18 @@ from aio_agent.rendered import (  # load_rendered is re-exported for callers of 
     load_rendered,
 )
 
-EX_OK = 0
-EX_USAGE = 64
-EX_SOFTWARE = 70
-EX_CONFIG = 78
-
-__all__ = ["ConfigError", "Settings", "build_config", "dump_yaml", "load_rendered", "write_atomic"]
+__all__ = [
+    "EX_CONFIG",
+    "EX_OK",
+    "EX_SOFTWARE",
+    "EX_USAGE",
+    "ConfigError",
+    "Settings",
+    "build_config",
+    "dump_yaml",
+    "load_rendered",
+    "write_atomic",
+]
 
 BUILTIN_TOOLS = ("search_documents",)
 TOOL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
@@ -123,6 +130,13 @@ class Settings(BaseModel):
         "LIVEKIT_AGENT_NAME",
         "Name the worker registers for explicit dispatch. Default: DEPARTMENT_ID.",
         default=None,
+    )
+    livekit_max_retry: int = _var(
+        "LIVEKIT_MAX_RETRY",
+        "Connection attempts to LiveKit before the worker exits 69 (16 is about 130 s).",
+        default=16,
+        ge=0,
+        le=1000,
     )
     # --- providers (any OpenAI-compatible server) -------------------------------------------
     llm_api_key: SecretStr = _var("LLM_API_KEY", "API key of the LLM provider.", secret=True)
@@ -224,6 +238,13 @@ class Settings(BaseModel):
         "PRELOAD_LOCAL_INFERENCE",
         "Load the local VAD/turn-detector models in the main process at start-up.",
         default=False,
+    )
+    load_threshold: float = _var(
+        "LOAD_THRESHOLD",
+        "CPU load (0-1 of the container) above which the worker declines new calls; `inf` "
+        "never declines.",
+        default=0.7,
+        gt=0,
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _var(
         "LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR.", default="INFO"
@@ -723,6 +744,7 @@ def _document(
             "api_key": credentials["LIVEKIT_API_KEY"],
             "api_secret": credentials["LIVEKIT_API_SECRET"],
             "agent_name": s.livekit_agent_name or s.department_id,
+            "max_retry": s.livekit_max_retry,
         },
         "llm": {"base_url": s.llm_base_url, "api_key": llm_key, "model": s.llm_model},
         "stt": {
@@ -751,6 +773,7 @@ def _document(
             "drain_timeout_s": s.drain_timeout,
             "num_idle_processes": s.num_idle_processes,
             "preload_local_inference": s.preload_local_inference,
+            "load_threshold": s.load_threshold,
             "log_level": s.log_level,
             "log_format": s.log_format,
             "otel_exporter_otlp_endpoint": s.otel_exporter_otlp_endpoint,

@@ -61,11 +61,23 @@ def configure(level: str = "INFO", fmt: str = "json", **context: Any) -> None:
 
     `context` (e.g. department_id="hr") is bound to every line.
     """
+    static = dict(context)
+
+    def bind_static(
+        _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        # contextvars do not reach threads the process did not start with them (livekit's
+        # native threads): these fields are added to every line regardless.
+        for key, value in static.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        bind_static,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="%Y-%m-%dT%H:%M:%S.%fZ", utc=True),

@@ -65,12 +65,22 @@ class PostgresCluster:
             shutil.chown(root, "postgres", "postgres")
             shutil.chown(pwfile, "postgres", "postgres")
         subprocess.run(
-            _as_postgres([
-                _pg_bin("initdb"), "-D", str(cluster.datadir), "-U", SUPERUSER,
-                "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
-                "--encoding=UTF8", "--locale=C.UTF-8",
-            ]),
-            check=True, capture_output=True,
+            _as_postgres(
+                [
+                    _pg_bin("initdb"),
+                    "-D",
+                    str(cluster.datadir),
+                    "-U",
+                    SUPERUSER,
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--encoding=UTF8",
+                    "--locale=C.UTF-8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
         )
         cluster.start()
         return cluster
@@ -78,13 +88,17 @@ class PostgresCluster:
     def _ctl(self, *args: str) -> None:
         subprocess.run(
             _as_postgres([_pg_bin("pg_ctl"), "-D", str(self.datadir), *args]),
-            check=True, capture_output=True, timeout=60,
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
 
     def start(self) -> None:
-        opts = (f"-c listen_addresses={self.host} -c port={self.port} "
-                f"-c unix_socket_directories={self.root} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        opts = (
+            f"-c listen_addresses={self.host} -c port={self.port} "
+            f"-c unix_socket_directories={self.root} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
         self._ctl("start", "-w", "-l", str(self.root / "log"), "-o", opts)
 
     def stop(self, mode: str = "fast") -> None:
@@ -97,17 +111,37 @@ class PostgresCluster:
             pass
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def dsn(self, user: str = SUPERUSER, password: str | None = None,
-            dbname: str = "postgres") -> str:
+    def dsn(
+        self, user: str = SUPERUSER, password: str | None = None, dbname: str = "postgres"
+    ) -> str:
         pw = self.password if password is None else password
         return f"postgresql://{quote(user)}:{quote(pw)}@{self.host}:{self.port}/{dbname}"
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run SQL as the superuser over the unix socket; return stdout."""
         out = subprocess.run(
-            [_pg_bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", str(self.root),
-             "-p", str(self.port), "-U", SUPERUSER, "-d", dbname, "-c", sql],
-            check=True, capture_output=True, text=True, timeout=60,
+            [
+                _pg_bin("psql"),
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-At",
+                "-h",
+                str(self.root),
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                dbname,
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return out.stdout
 

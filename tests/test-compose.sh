@@ -189,8 +189,8 @@ check_stop() {
 	compose stop hr >/dev/null 2>&1
 	elapsed=$(($(now_ms) - t0))
 	code="$(docker inspect -f '{{.State.ExitCode}}' "$id")"
-	if [[ "$code" == 0 ]] && ((elapsed < 30000)); then
-		pass "docker compose stop hr: exit 0 in $elapsed ms (grace period 30 s)"
+	if [[ "$code" == 0 ]] && ((elapsed < 50000)); then
+		pass "docker compose stop hr: exit 0 in $elapsed ms (grace period 50 s)"
 	else
 		fail "docker compose stop hr: exit $code after $elapsed ms"
 	fi
