@@ -5,7 +5,9 @@
 Starts its own throwaway PostgreSQL (tests.pgcluster), provisions the HR tenant with tenant.py,
 times `migrate()` (in process: connect + lock + apply, what the entrypoint's call costs minus
 Python start-up) and the CLI as a process, then loads N generated documents and times
-search_documents (client-side, one connection as the tenant role, RLS on). Target: p99 <= 20 ms.
+search_documents (client-side, one connection as the tenant role, RLS on). Target: p99 <= 20 ms;
+exits 1 when it is missed. Prints the load average before and after: the numbers are wall-clock
+latencies, so other work on the machine shows up in them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ WORDS = (
     "tax audit compliance privacy data retention review feedback promotion transfer relocation "
     "benefit equipment software license incident report deadline quarter annual monthly weekly"
 ).split()
+
+
+P99_TARGET_MS = 20.0
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -91,7 +96,11 @@ def bench_cli_noop(url: str) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-async def bench_search(url: str, documents: int, queries: int) -> None:
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+async def bench_search(url: str, documents: int, queries: int) -> float:
     rng = random.Random(42)
     words, weights = vocabulary(rng)
     conn = await connect_tenant(url, "hr")
@@ -116,12 +125,13 @@ async def bench_search(url: str, documents: int, queries: int) -> None:
             latencies.append((time.perf_counter() - started) * 1000)
             hits += bool(results)
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-        verdict = "ok" if p99 <= 20 else "MISSED"
+        verdict = "ok" if p99 <= P99_TARGET_MS else "MISSED"
         print(
             f"search_documents over {documents} docs, {len(phrases)} queries "
             f"({hits} with results): p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-            f"max {max(latencies):.2f} ms (target p99 <= 20 ms: {verdict})"
+            f"max {max(latencies):.2f} ms (target p99 <= {P99_TARGET_MS:g} ms: {verdict})"
         )
+        return p99
     finally:
         await conn.close()
 
@@ -131,6 +141,7 @@ def main() -> int:
     parser.add_argument("--documents", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=1_000)
     args = parser.parse_args()
+    print(f"load average (1, 5, 15 min) at start: {load_average()} on {os.cpu_count()} CPUs")
     cluster = PostgresCluster.create()
     try:
         migrations = migrate.load_migrations(migrate.default_migrations_dir({}))
@@ -141,10 +152,11 @@ def main() -> int:
         print(f"migrate, fresh database ({len(migrations)} files): {fresh_ms:8.1f} ms")
         print(f"migrate, no-op re-run (median of 5):      {noop_ms:8.1f} ms")
         print(f"python -m aio_agent.migrate no-op (process): {bench_cli_noop(url):6.1f} ms")
-        asyncio.run(bench_search(url, args.documents, args.queries))
+        p99 = asyncio.run(bench_search(url, args.documents, args.queries))
     finally:
         cluster.destroy()
-    return 0
+    print(f"load average (1, 5, 15 min) at end: {load_average()}")
+    return 0 if p99 <= P99_TARGET_MS else 1
 
 
 if __name__ == "__main__":

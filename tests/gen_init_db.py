@@ -5,7 +5,9 @@
 
 The postgres image runs /docker-entrypoint-initdb.d/*.sql with psql as the superuser on an empty
 data directory (database `aio`). The script is built from the same pieces the tools use, so it
-cannot drift from them: `aio_agent.tenant.provision_statements` (role, schema, revokes) and the
+cannot drift from them: `aio_agent.tenant.SEARCH_LEAKPROOF_STATEMENTS` (indexed full-text search
+under row-level security, see tenant.py), `aio_agent.tenant.provision_statements` (role, schema,
+revokes) and the
 files of migrations/ verbatim (run as the tenant role with search_path and app.department_id set,
 and recorded in schema_migrations with their checksums, so the agent's own
 `python -m aio_agent.migrate` afterwards has nothing to do). Then it seeds a few distinct
@@ -24,7 +26,11 @@ from pathlib import Path
 from aio_agent.config import write_atomic
 from aio_agent.db import quote_literal
 from aio_agent.migrate import default_migrations_dir, load_migrations
-from aio_agent.tenant import provision_statements, tenant_session_sql
+from aio_agent.tenant import (
+    SEARCH_LEAKPROOF_STATEMENTS,
+    provision_statements,
+    tenant_session_sql,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 INIT_DB = REPO / "tests" / "init-db.sql"
@@ -109,6 +115,10 @@ def render() -> str:
         "-- distinct documents per department. The passwords are TEST VALUES for the throwaway",
         "-- test stack only.",
         "\\set ON_ERROR_STOP on",
+        "",
+        "-- The full-text match operator may run before the row-level-security policy, so that",
+        "-- search_documents uses the GIN indexes (why that is safe: aio_agent/tenant.py).",
+        *(s + ";" for s in SEARCH_LEAKPROOF_STATEMENTS),
         "",
     ]
     for department_id in TEST_PASSWORDS:

@@ -8,6 +8,10 @@
 -- test stack only.
 \set ON_ERROR_STOP on
 
+-- The full-text match operator may run before the row-level-security policy, so that
+-- search_documents uses the GIN indexes (why that is safe: aio_agent/tenant.py).
+ALTER FUNCTION pg_catalog.ts_match_vq(tsvector, tsquery) LEAKPROOF;
+
 -- ==== department hr ====
 DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'hr_agent') THEN CREATE ROLE "hr_agent" LOGIN; END IF; END $$;
 ALTER ROLE "hr_agent" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD 'hr-test-password';
@@ -105,6 +109,17 @@ CREATE POLICY tenant_isolation ON drive_documents
     USING (department_id = current_setting('app.department_id', true))
     WITH CHECK (department_id = current_setting('app.department_id', true));
 INSERT INTO schema_migrations (version, name, checksum) VALUES ('0004', 'drive_documents', '4916c33e0fa6356f3045e26c834ca1c852285d5feec6eb8428f0fc43c0b8d1a7');
+-- ---- 0005_drive_documents_title_search.sql (sha256 ccb9666ff4b47a9360a4f4aef5de8035a65bd0b817a2ba5e2caada9ad05a8d3c)
+-- search_documents ranks a bounded set of candidates (aio_agent/documents.py): the documents whose
+-- title matches come first. This small vector and its index find them without reading each
+-- matching document's whole-text vector (a weight-restricted query on `search` would).
+ALTER TABLE drive_documents
+    ADD COLUMN title_search tsvector GENERATED ALWAYS AS (
+        to_tsvector('english', coalesce(title, ''))
+    ) STORED;
+
+CREATE INDEX drive_documents_title_search_idx ON drive_documents USING gin (title_search);
+INSERT INTO schema_migrations (version, name, checksum) VALUES ('0005', 'drive_documents_title_search', 'ccb9666ff4b47a9360a4f4aef5de8035a65bd0b817a2ba5e2caada9ad05a8d3c');
 -- ---- seed documents
 INSERT INTO drive_documents (drive_file_id, title, mime_type, content, checksum, modified_time) VALUES
     ('hr-vacation-policy', 'Vacation Policy', 'text/plain', 'Full-time employees accrue 25 vacation days per year. Request vacation in the HR portal at least two weeks ahead; your manager approves it. Unused vacation days carry over until March 31 of the following year.', '625180932909cf8494b97e13d59a2d17f8a34cbf6db87bffa2831f94755395c9', TIMESTAMPTZ '2026-01-15 09:00:00+00'),
@@ -209,6 +224,17 @@ CREATE POLICY tenant_isolation ON drive_documents
     USING (department_id = current_setting('app.department_id', true))
     WITH CHECK (department_id = current_setting('app.department_id', true));
 INSERT INTO schema_migrations (version, name, checksum) VALUES ('0004', 'drive_documents', '4916c33e0fa6356f3045e26c834ca1c852285d5feec6eb8428f0fc43c0b8d1a7');
+-- ---- 0005_drive_documents_title_search.sql (sha256 ccb9666ff4b47a9360a4f4aef5de8035a65bd0b817a2ba5e2caada9ad05a8d3c)
+-- search_documents ranks a bounded set of candidates (aio_agent/documents.py): the documents whose
+-- title matches come first. This small vector and its index find them without reading each
+-- matching document's whole-text vector (a weight-restricted query on `search` would).
+ALTER TABLE drive_documents
+    ADD COLUMN title_search tsvector GENERATED ALWAYS AS (
+        to_tsvector('english', coalesce(title, ''))
+    ) STORED;
+
+CREATE INDEX drive_documents_title_search_idx ON drive_documents USING gin (title_search);
+INSERT INTO schema_migrations (version, name, checksum) VALUES ('0005', 'drive_documents_title_search', 'ccb9666ff4b47a9360a4f4aef5de8035a65bd0b817a2ba5e2caada9ad05a8d3c');
 -- ---- seed documents
 INSERT INTO drive_documents (drive_file_id, title, mime_type, content, checksum, modified_time) VALUES
     ('acc-expense-policy', 'Expense Policy', 'text/plain', 'Submit expenses within 30 days with an itemised receipt. Meals are reimbursed up to 40 EUR per day; alcohol is not reimbursable. Expense claims above 500 EUR need the cost-centre owner''s sign-off.', '0a3445de08b59e80497bc9c2a806d2ea89e42834580d0e170b2d97d6121888e9', TIMESTAMPTZ '2026-01-15 09:00:00+00'),

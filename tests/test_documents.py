@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from aio_agent import documents
 from aio_agent.db import connect_tenant
 from aio_agent.documents import search_documents
 from tests.pgcluster import PostgresCluster
@@ -108,3 +109,93 @@ async def test_empty_or_garbage_queries_return_a_list_without_error(
 
     assert isinstance(results, list)
     assert await hr.fetchval("SELECT count(*) FROM drive_documents") == 3
+
+
+async def test_a_query_of_stop_words_only_finds_nothing(hr: asyncpg.Connection) -> None:
+    assert await search_documents(hr, "the of and") == []
+    assert await search_documents(hr, "how do I") == []
+
+
+async def test_search_uses_the_text_index_as_the_tenant_role_under_row_level_security(
+    hr: asyncpg.Connection,
+) -> None:
+    # Enough documents that an index is the cheap plan; a match condition that is not LEAKPROOF
+    # can never be an index condition under FORCEd row-level security, whatever the size.
+    menu = "The canteen serves soup, salad, bread and a warm dish of the day. " * 20
+    transaction = hr.transaction()
+    await transaction.start()
+    try:
+        await hr.executemany(
+            "INSERT INTO drive_documents (drive_file_id, title, content) VALUES ($1, $2, $3)",
+            [(f"hr-memo-{n}", f"Memo {n}", f"Week {n}. " + menu) for n in range(2000)],
+        )
+        await hr.execute("ANALYZE drive_documents")
+        rows = await hr.fetch(
+            "EXPLAIN " + documents.STRICT_SQL,
+            "vacation",
+            5,
+            documents.CANDIDATES,
+            documents.HEADLINE_OPTIONS,
+            documents.WINDOW_BEFORE,
+            documents.WINDOW_CHARS,
+        )
+        forced = await hr.fetchval(
+            "SELECT relrowsecurity AND relforcerowsecurity FROM pg_class"
+            " WHERE oid = 'drive_documents'::regclass"
+        )
+    finally:
+        await transaction.rollback()
+    plan = "\n".join(r[0] for r in rows)
+
+    assert forced
+    assert "Index Cond: (search @@ '''vacat'''::tsquery)" in plan, plan
+    assert "Index Cond: (title_search @@ '''vacat'''::tsquery)" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert "current_setting('app.department_id'::text, true)" in plan  # the policy still applies
+
+
+async def test_the_snippet_comes_from_where_the_words_are_in_a_long_document(
+    hr: asyncpg.Connection,
+) -> None:
+    filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 400  # ~23,000 chars
+    transaction = hr.transaction()
+    await transaction.start()
+    try:
+        await hr.execute(
+            "INSERT INTO drive_documents (drive_file_id, title, content) VALUES ($1, $2, $3)",
+            "hr-handbook",
+            "Employee Handbook",
+            filler + "Company bicycles may be borrowed for commuting. " + filler,
+        )
+        results = await search_documents(hr, "bicycle commute")
+    finally:
+        await transaction.rollback()
+
+    assert [r["drive_file_id"] for r in results] == ["hr-handbook"]
+    assert "bicycles may be borrowed for commuting" in results[0]["snippet"]
+
+
+async def test_a_title_match_wins_even_when_the_word_is_in_hundreds_of_documents(
+    hr: asyncpg.Connection,
+) -> None:
+    mentions = 3 * documents.CANDIDATES  # more than the ranked sample of text-only matches
+    transaction = hr.transaction()
+    await transaction.start()
+    try:
+        await hr.executemany(
+            "INSERT INTO drive_documents (drive_file_id, title, content) VALUES ($1, $2, $3)",
+            [
+                (f"hr-note-{n}", f"Team Note {n}", "Bring your badge and your laptop.")
+                for n in range(mentions)
+            ],
+        )
+        await hr.execute(
+            "INSERT INTO drive_documents (drive_file_id, title, content) VALUES"
+            " ('hr-badge', 'Badge Policy', 'Wear your badge visibly at all times.')"
+        )
+        results = await search_documents(hr, "badge")
+    finally:
+        await transaction.rollback()
+
+    assert results[0]["drive_file_id"] == "hr-badge"
+    assert len(results) == 5

@@ -147,7 +147,7 @@ def test_changed_applied_file_is_refused_with_exit_65(
     assert migrate_run(hr_url, "hr", "--migrations-dir", str(migrations_copy)).returncode == 0
     changed = migrations_copy / "0002_tool_calls.sql"
     changed.write_text(changed.read_text() + "\nCREATE INDEX sneaky ON tool_calls (tool);\n")
-    (migrations_copy / "0005_later.sql").write_text("CREATE TABLE later (id int);\n")
+    (migrations_copy / "9001_later.sql").write_text("CREATE TABLE later (id int);\n")
     original = next(m for m in MIGRATIONS if m.version == "0002").checksum
     edited = load_migrations(migrations_copy)[1].checksum
 
@@ -165,28 +165,28 @@ def test_new_file_is_applied_after_the_existing_ones(
     migrate_run: Callable[..., Run], hr_url: str, migrations_copy: Path
 ) -> None:
     assert migrate_run(hr_url, "hr", "--migrations-dir", str(migrations_copy)).returncode == 0
-    (migrations_copy / "0005_notes.sql").write_text("CREATE TABLE notes (id int);\n")
+    (migrations_copy / "9001_notes.sql").write_text("CREATE TABLE notes (id int);\n")
 
     result = migrate_run(hr_url, "hr", "--migrations-dir", str(migrations_copy))
 
     assert result.returncode == 0
     applied = [line["version"] for line in log_lines(result.stdout) if "version" in line]
-    assert applied == ["0005"]
+    assert applied == ["9001"]
 
 
 def test_failing_migration_is_rolled_back_and_exits_70(
     migrate_run: Callable[..., Run], hr_url: str, migrations_copy: Path
 ) -> None:
-    (migrations_copy / "0005_broken.sql").write_text(
+    (migrations_copy / "9001_broken.sql").write_text(
         "CREATE TABLE half_done (id int);\nSELECT no_such_function();\n"
     )
 
     result = migrate_run(hr_url, "hr", "--migrations-dir", str(migrations_copy))
 
     assert result.returncode == 70
-    assert "0005_broken.sql" in log_lines(result.stdout)[-1]["event"]
+    assert "9001_broken.sql" in log_lines(result.stdout)[-1]["event"]
     versions = [r["version"] for r in fetch(hr_url, "SELECT version FROM schema_migrations")]
-    assert "0005" not in versions and len(versions) == len(MIGRATIONS)
+    assert "9001" not in versions and len(versions) == len(MIGRATIONS)
     assert fetch(hr_url, "SELECT to_regclass('half_done') IS NULL AS absent")[0]["absent"]
 
 
@@ -206,14 +206,14 @@ def test_status_prints_applied_and_pending(
     migrate_run: Callable[..., Run], hr_url: str, migrations_copy: Path
 ) -> None:
     assert migrate_run(hr_url, "hr", "--migrations-dir", str(migrations_copy)).returncode == 0
-    (migrations_copy / "0005_notes.sql").write_text("CREATE TABLE notes (id int);\n")
+    (migrations_copy / "9001_notes.sql").write_text("CREATE TABLE notes (id int);\n")
 
     result = migrate_run(hr_url, "hr", "--migrations-dir", str(migrations_copy), "status")
 
     assert result.returncode == 0
     rows = [line.split()[:3] for line in result.stdout.splitlines()[1:]]
     assert rows == [["applied", m.version, m.name] for m in MIGRATIONS] + [
-        ["pending", "0005", "notes"]
+        ["pending", "9001", "notes"]
     ]
 
 

@@ -300,3 +300,48 @@ def test_a_bad_id_leaves_no_trace_in_a_real_cluster(
     assert result.returncode == 78
     assert sql(admin, "SELECT count(*) FROM pg_roles")[0][0] == before
     assert sql(admin, "SELECT count(*) FROM pg_roles WHERE rolname LIKE '%planted%'")[0][0] == 0
+
+
+# --- indexed full-text search under row-level security -------------------------------------------
+LEAKPROOF_SQL = (
+    "SELECT proleakproof FROM pg_proc"
+    " WHERE oid = 'pg_catalog.ts_match_vq(tsvector, tsquery)'::regprocedure"
+)
+
+
+def test_create_marks_the_text_match_leakproof_in_its_database(
+    pg_cluster: PostgresCluster, pg_database: str, tmp_path: Path
+) -> None:
+    admin = {"ADMIN_DATABASE_URL": pg_cluster.dsn(dbname=pg_database)}
+    assert sql(admin["ADMIN_DATABASE_URL"], LEAKPROOF_SQL)[0][0] is False
+
+    result = run_cli(
+        "aio_agent.tenant",
+        "create",
+        "library",
+        "--password-file",
+        str(write_password(tmp_path, "library")),
+        env=admin,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["search_indexed"] is True
+    assert sql(admin["ADMIN_DATABASE_URL"], LEAKPROOF_SQL)[0][0] is True
+
+
+def test_a_server_refusing_the_leakproof_mark_is_tolerated_and_nothing_else_rolls_back(
+    pg_cluster: PostgresCluster, tenants_db: str
+) -> None:
+    # The tenant role stands in for a managed server's admin: not a superuser.
+    async def run() -> tuple[bool, int]:
+        conn = await connect_tenant(tenant_dsn(pg_cluster, "hr", tenants_db), "hr")
+        try:
+            async with conn.transaction():
+                await conn.execute("CREATE TEMP TABLE kept (id int)")
+                marked = await tenant.mark_search_leakproof(conn, "hr")
+                await conn.execute("INSERT INTO kept VALUES (1)")
+                return marked, await conn.fetchval("SELECT count(*) FROM kept")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == (False, 1)
