@@ -1,7 +1,7 @@
 """Benchmark: healthcheck.py without a database, run N times as a real process.
 
 Prints p50/p95 wall time and peak RSS of the probe, compares them with the budget from issue 2
-(< 150 ms wall at p95, < 40 MB peak RSS) and exits 1 when over budget.
+(< 150 ms wall at p95, < 40 MB peak RSS) and exits 3 when over budget.
 
     .venv/bin/python bench/healthcheck_bench.py [--runs 30] [--python PATH]
 """
@@ -16,6 +16,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+EXIT_OVER_BUDGET = 3  # tests/run-all.sh tells over-budget (3) from a crash (anything else)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,7 +92,7 @@ def main() -> int:
     if rss >= BUDGET_RSS_MB:
         over.append(f"peak RSS {rss:.1f} MB >= {BUDGET_RSS_MB:.0f} MB")
     print("  result " + ("OVER BUDGET: " + "; ".join(over) if over else "within budget"))
-    return 1 if over else 0
+    return EXIT_OVER_BUDGET if over else 0
 
 
 if __name__ == "__main__":

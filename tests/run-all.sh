@@ -110,12 +110,26 @@ stage_compose() {
 	bash tests/test-compose.sh
 }
 
+# Every benchmark prints its numbers and budget. A crash fails the stage; a missed budget (exit 3)
+# is reported in the summary, and fails the stage only with BENCH_STRICT=1: wall-clock budgets
+# on a shared 2-CPU machine are a measurement to read, not a coin to flip for every merge.
 stage_bench() {
-	local rc=0 script
+	local rc=0 script code over=()
 	for script in bench/*.py; do
 		log "benchmark $script"
-		"$VENV/bin/python" "$script" || rc=1
+		code=0
+		"$VENV/bin/python" "$script" || code=$?
+		case "$code" in
+		0) ;;
+		3) over+=("$script") ;;
+		*) rc=1 ;;
+		esac
 	done
+	if ((${#over[@]})); then
+		log "OVER BUDGET: ${over[*]} (see their output above)"
+		printf '%s\n' "${over[@]}" >"$RESULTS_DIR/bench-over-budget.txt"
+		[[ "${BENCH_STRICT:-0}" == 1 ]] && rc=1
+	fi
 	return "$rc"
 }
 
@@ -170,6 +184,7 @@ main() {
 		shift
 	done
 	mkdir -p "$RESULTS_DIR"
+	rm -f "$RESULTS_DIR/bench-over-budget.txt"
 	export PATH="$VENV/bin:$PATH" PYTHONDONTWRITEBYTECODE=1
 
 	local names=() statuses=() durations=() failed=0 passed=0 stage s t0 t1 status
@@ -196,6 +211,9 @@ main() {
 		) &
 		if wait "$!"; then status=PASS passed=$((passed + 1)); else status=FAIL failed=$((failed + 1)); fi
 		t1="$(date +%s)"
+		if [[ "$stage" == bench && "$status" == PASS && -s "$RESULTS_DIR/bench-over-budget.txt" ]]; then
+			status="PASS*"
+		fi
 		log "=== stage $stage: $status in $((t1 - t0)) s"
 		names+=("$stage") statuses+=("$status") durations+=("$((t1 - t0))")
 	done
@@ -206,6 +224,9 @@ main() {
 		printf '%-12s %-6s %8s\n' "${names[$i]}" "${statuses[$i]}" "${durations[$i]}"
 	done
 	printf '%-12s %-6s %8s\n' total "" "$(($(date +%s) - total0))"
+	if [[ -s "$RESULTS_DIR/bench-over-budget.txt" ]]; then
+		printf '* benchmarks over budget (numbers above): %s\n' "$(tr '\n' ' ' <"$RESULTS_DIR/bench-over-budget.txt")"
+	fi
 	printf 'stages: %d passed, %d failed\n' "$passed" "$failed"
 	((failed == 0))
 }
