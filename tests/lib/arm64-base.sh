@@ -27,6 +27,8 @@
 _ARM64_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=tests/lib/local-registry.sh
 source "$_ARM64_LIB_DIR/local-registry.sh"
+# shellcheck source=tests/lib/debian-mirror.sh
+source "$_ARM64_LIB_DIR/debian-mirror.sh"
 
 AIO_CACHE_DIR="${AIO_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aio-federation}"
 IMAGES_DIR="$(cd "$_ARM64_LIB_DIR/../images" && pwd)"
@@ -59,13 +61,6 @@ _arm64_apt_install() {
 		--no-install-recommends "$@" >/dev/null || arm64_die 69 "apt-get install $* failed"
 }
 
-_arm64_mirror() {
-	local uri=""
-	if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-		uri="$(awk '/^URIs:/ && /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)"
-	fi
-	printf '%s\n' "${uri:-http://deb.debian.org/debian}"
-}
 
 # Hash of recipe directories' files (names and contents) plus extra words.
 _arm64_hash() {
@@ -127,7 +122,7 @@ arm64_rootfs_ensure() {
 	mkdir -p "$AIO_CACHE_DIR"
 	start=$(date +%s%N)
 	arm64_log "debootstrap --arch=arm64 --variant=minbase $ARM64_SUITE (under qemu, a few minutes)"
-	"$IMAGES_DIR/debian/mkrootfs.sh" "$tarball.partial" "$ARM64_SUITE" arm64 "$(_arm64_mirror)" ||
+	"$IMAGES_DIR/debian/mkrootfs.sh" "$tarball.partial" "$ARM64_SUITE" arm64 "$(debian_mirror_uri)" ||
 		arm64_die 69 "tests/images/debian/mkrootfs.sh for arm64 failed (log above; is qemu-aarch64 registered?)"
 	mv "$tarball.partial" "$tarball"
 	arm64_log "arm64 root file system in $(_ms_since "$start") ms: $tarball ($(du -h "$tarball" | cut -f1))"

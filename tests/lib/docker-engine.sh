@@ -15,6 +15,9 @@
 # Exit codes: 0 ok, 69 the engine or a plugin could not be made to answer, 77 not root when
 # something has to be installed or started.
 
+# shellcheck source=tests/lib/debian-mirror.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/debian-mirror.sh"
+
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/dockerd.log}"
 DOCKER_ENGINE_WAIT_S="${DOCKER_ENGINE_WAIT_S:-30}"
 CLI_PLUGINS_DIR="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
@@ -81,13 +84,6 @@ docker_engine_start() {
 }
 
 # 3. CLI plugins from Debian trixie, without touching the machine's apt sources or pins.
-_trixie_uri() {
-	local uri=""
-	if [ -r /etc/apt/sources.list.d/debian.sources ]; then
-		uri="$(awk '/^URIs:/ && /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)"
-	fi
-	printf '%s\n' "${uri:-http://deb.debian.org/debian}"
-}
 
 docker_plugins_install() {
 	local missing=()
@@ -103,7 +99,7 @@ docker_plugins_install() {
 	mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/prefs.d" "$work/parts"
 	cat >"$work/trixie.sources" <<-EOF
 		Types: deb
-		URIs: $(_trixie_uri)
+		URIs: $(debian_mirror_uri)
 		Suites: trixie
 		Components: main
 		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
