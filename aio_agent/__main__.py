@@ -1,5 +1,8 @@
 """`python -m aio_agent start`: run the department's voice worker from the rendered config.
 
+`python -m aio_agent chat "message" [...] [--json]`: talk to the same agent in text (no call);
+see aio_agent.chat.
+
 Reads only the file at $CONFIG_PATH (default /app/config/config.yaml) that
 `python -m aio_agent.config render` wrote; no setting is read from the environment here.
 
@@ -65,6 +68,27 @@ def _parser() -> argparse.ArgumentParser:
         help="CPU load (0-1, of this container's cgroup) above which the worker reports itself "
         "full and declines new calls (default: LOAD_THRESHOLD from the config, else "
         f"{DEFAULT_LOAD_THRESHOLD}; `inf` never declines)",
+    )
+    chat = commands.add_parser(
+        "chat",
+        help="talk to the department's agent in text (no call, no audio)",
+        description="Run each MESSAGE as one text turn of a session with the department's agent "
+        "and tools (tool calls are real and recorded in tool_calls); print the transcript. "
+        "Exit 0 answered, 69 the LLM did not answer, 78 invalid config.",
+    )
+    chat.add_argument("messages", nargs="+", metavar="MESSAGE", help="what the user says")
+    chat.add_argument("--json", action="store_true", help="print the transcript as JSON")
+    chat.add_argument(
+        "--config",
+        default=None,
+        help=f"rendered config file (default: $CONFIG_PATH or {DEFAULT_CONFIG_PATH})",
+    )
+    chat.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds one turn may take before exiting 69 (default 60)",
     )
     return parser
 
@@ -135,6 +159,16 @@ def start(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "chat":
+        if not args.timeout > 0:
+            print("error: --timeout must be > 0", file=sys.stderr)
+            return EX_USAGE
+        config = _load(args.config or os.environ.get("CONFIG_PATH") or DEFAULT_CONFIG_PATH)
+        if config is None:
+            return EX_CONFIG
+        from aio_agent.chat import chat  # noqa: PLC0415 - keep --help fast
+
+        return chat(config, args.messages, as_json=args.json, timeout_s=args.timeout)
     if args.command != "start":
         _parser().print_help(sys.stderr)
         return EX_USAGE

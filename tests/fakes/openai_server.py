@@ -14,18 +14,26 @@ index, id and function name, later deltas only argument fragments, then a chunk 
 `finish_reason: "tool_calls"`. After a tool result the model answers `"<tool> said: <result>"`,
 so a test sees the result reach the user. Otherwise it answers `reply` (default: an echo).
 
+Standalone (the compose end-to-end test runs it as a service):
+`python -m tests.fakes.openai_server --host 0.0.0.0 --port 8000 --api-key KEY --script FILE`,
+where FILE is JSON `{"rules": [{"contains": "...", "tool": "...", "arguments": {...}}],
+"reply": null}` (both keys optional).
+
 Does not: tokenize, count real usage, honour temperature/tool_choice, support the Realtime or
 Responses APIs, or produce real speech.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import io
 import json
 import secrets
 import time
 import wave
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -251,3 +259,45 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response(
         {"error": {"message": message, "type": "invalid_request_error"}}, status=status
     )
+
+
+def load_script(path: str | Path) -> tuple[list[ToolRule], str | None]:
+    """Rules and reply from a JSON script file (see the module docstring)."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    rules = [
+        ToolRule(str(r["contains"]), str(r["tool"]), dict(r.get("arguments") or {}))
+        for r in doc.get("rules") or []
+    ]
+    reply = doc.get("reply")
+    return rules, None if reply is None else str(reply)
+
+
+async def _serve(server: FakeOpenAIServer) -> None:
+    await server.start()
+    print(f"fake OpenAI API on {server.base_url} ({len(server.rules)} rules)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.openai_server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default="sk-test-llm")
+    parser.add_argument("--script", default=None, help="JSON file with rules and reply")
+    args = parser.parse_args(argv)
+    rules, reply = load_script(args.script) if args.script else ([], None)
+    server = FakeOpenAIServer(
+        api_key=args.api_key, rules=rules, reply=reply, host=args.host, port=args.port
+    )
+    try:
+        asyncio.run(_serve(server))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

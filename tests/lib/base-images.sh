@@ -2,7 +2,7 @@
 # Base images for the build and the local stack: the real ones when a registry answers, otherwise
 # stand-ins built from Debian packages (recipes in tests/images/), cached by a recipe-hash label.
 #
-#   eval "$(tests/lib/base-images.sh --print-env)"   sets BASE_IMAGE and POSTGRES_IMAGE
+#   eval "$(tests/lib/base-images.sh --print-env)"   sets BASE_IMAGE, POSTGRES_IMAGE, N8N_IMAGE
 #   tests/lib/base-images.sh                         same, human-readable
 #   source tests/lib/base-images.sh; base_images_ensure
 #
@@ -11,6 +11,9 @@
 #                   (Debian bookworm's python3.11 on a debootstrap'ed slim Debian, ~125 MB)
 #   POSTGRES_IMAGE  postgres:16 if `docker pull` works, else aio-local/postgres:15
 #                   (Debian bookworm's postgresql-15: one major version BELOW postgres:16)
+#   N8N_IMAGE       n8nio/n8n:2.40.7 if `docker pull` works, else aio-local/n8n:2.40.7 (n8n from
+#                   npm with Node 24 from PyPI on the slim Debian stand-in; tests/images/n8n;
+#                   ~18 min cold under load, 2.3 GB; npm's cache is a BuildKit cache mount)
 # AIO_OFFLINE=1 skips the registry checks; AIO_REBUILD_BASES=1 rebuilds the stand-ins.
 # Needs a running engine (tests/lib/docker-engine.sh); building stand-ins needs root + debootstrap.
 
@@ -18,6 +21,9 @@ BASE_IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../images" && pwd)"
 AIO_LOCAL_DEBIAN="${AIO_LOCAL_DEBIAN:-aio-local/debian:bookworm-slim}"
 AIO_LOCAL_PYTHON="${AIO_LOCAL_PYTHON:-aio-local/python:3.11-slim}"
 AIO_LOCAL_POSTGRES="${AIO_LOCAL_POSTGRES:-aio-local/postgres:15}"
+AIO_LOCAL_N8N="${AIO_LOCAL_N8N:-aio-local/n8n:2.40.7}"
+N8N_OFFICIAL_IMAGE="${N8N_OFFICIAL_IMAGE:-n8nio/n8n:2.40.7}"
+PIP_CA_FILE="${PIP_CA_FILE:-/etc/ssl/certs/ca-certificates.crt}"
 RECIPE_LABEL="org.aio-local.recipe"
 REGISTRY_PULL_TIMEOUT_S="${REGISTRY_PULL_TIMEOUT_S:-60}"
 
@@ -109,6 +115,17 @@ build_postgres_standin() {
 		--build-arg "DEBIAN_IMAGE=$AIO_LOCAL_DEBIAN"
 }
 
+# n8n from npm: PyPI (Node 24 wheel) and npm go through the host's CA bundle, passed as a build
+# secret (never a layer); npm's download cache is a BuildKit cache mount kept between builds.
+build_n8n_standin() {
+	build_debian_standin
+	local secret=()
+	[ -r "$PIP_CA_FILE" ] && secret=(--secret "id=pip_ca,src=$PIP_CA_FILE")
+	_build_cached "$AIO_LOCAL_N8N" "$BASE_IMAGES_DIR/n8n" \
+		"$(_recipe_hash "$BASE_IMAGES_DIR/n8n" "$(_debian_hash)")" \
+		--build-arg "N8N_BASE_IMAGE=$AIO_LOCAL_DEBIAN" "${secret[@]}"
+}
+
 base_images_ensure() {
 	local t0
 	if [ -z "${BASE_IMAGE:-}" ]; then
@@ -135,7 +152,19 @@ base_images_ensure() {
 		fi
 		bi_log "POSTGRES_IMAGE=$POSTGRES_IMAGE ready in $(($(_now_ms) - t0)) ms"
 	fi
-	export BASE_IMAGE POSTGRES_IMAGE
+	if [ -z "${N8N_IMAGE:-}" ]; then
+		t0=$(_now_ms)
+		if _registry_serves "$N8N_OFFICIAL_IMAGE"; then
+			N8N_IMAGE="$N8N_OFFICIAL_IMAGE"
+			bi_log "N8N_IMAGE: $N8N_OFFICIAL_IMAGE pulled from the registry"
+		else
+			bi_log "N8N_IMAGE: no registry serves $N8N_OFFICIAL_IMAGE -> stand-in built from npm"
+			build_n8n_standin
+			N8N_IMAGE="$AIO_LOCAL_N8N"
+		fi
+		bi_log "N8N_IMAGE=$N8N_IMAGE ready in $(($(_now_ms) - t0)) ms"
+	fi
+	export BASE_IMAGE POSTGRES_IMAGE N8N_IMAGE
 }
 
 _is_sourced() {
@@ -146,15 +175,16 @@ _main() {
 	set -Eeuo pipefail
 	case "${1:-}" in
 	-h | --help)
-		sed -n '2,17p' "$0"
+		sed -n '2,18p' "$0"
 		return 0
 		;;
 	esac
 	base_images_ensure
 	if [ "${1:-}" = --print-env ]; then
-		printf 'export BASE_IMAGE=%q\nexport POSTGRES_IMAGE=%q\n' "$BASE_IMAGE" "$POSTGRES_IMAGE"
+		printf 'export BASE_IMAGE=%q\nexport POSTGRES_IMAGE=%q\nexport N8N_IMAGE=%q\n' \
+			"$BASE_IMAGE" "$POSTGRES_IMAGE" "$N8N_IMAGE"
 	else
-		printf 'BASE_IMAGE=%s\nPOSTGRES_IMAGE=%s\n' "$BASE_IMAGE" "$POSTGRES_IMAGE"
+		printf 'BASE_IMAGE=%s\nPOSTGRES_IMAGE=%s\nN8N_IMAGE=%s\n' "$BASE_IMAGE" "$POSTGRES_IMAGE" "$N8N_IMAGE"
 	fi
 }
 
