@@ -43,6 +43,8 @@ from aiohttp import WSMsgType, web
 from jwt.warnings import InsecureKeyLengthWarning
 from livekit.protocol import agent, models
 
+from tests.fakes.serving import serve
+
 ASSIGN_TIMEOUT_S = 5.0
 
 
@@ -137,13 +139,7 @@ class FakeLiveKitServer:
         return app
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.app(), handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(self.app(), self.host, self.port)
         return self.url
 
     async def stop(self) -> None:

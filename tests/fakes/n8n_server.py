@@ -30,6 +30,7 @@ from aio_agent.signing import (
     TIMESTAMP_HEADER,
     verify,
 )
+from tests.fakes.serving import serve
 
 
 @dataclass
@@ -115,15 +116,9 @@ class FakeN8n:
     async def __aenter__(self) -> FakeN8n:
         app = web.Application(client_max_size=1024 * 1024)
         app.router.add_post(self.base_path + "/{dept}/{tool}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=0.2
+        self._runner, self.port = await serve(
+            app, "127.0.0.1", 0, access_log=None, shutdown_timeout=0.2
         )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound port only here
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]
         return self
 
     async def __aexit__(self, *_exc: object) -> None:

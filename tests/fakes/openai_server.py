@@ -38,6 +38,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.serving import serve
+
 
 @dataclass(frozen=True)
 class ToolRule:
@@ -69,13 +71,7 @@ class FakeOpenAIServer:
         return app
 
     async def start(self) -> str:
-        self._runner = web.AppRunner(self.app(), handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, self.port = await serve(self.app(), self.host, self.port)
         return self.base_url
 
     async def stop(self) -> None:
