@@ -26,9 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aio_agent.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE
+from aio_agent.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 
-EX_UNAVAILABLE = 69
 OUTPUT_CHARS = 400  # how much of a tool's output the text transcript shows
 
 

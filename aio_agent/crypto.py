@@ -43,11 +43,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aio_agent.config import EX_CONFIG, EX_OK, EX_SOFTWARE, decode_key
+from aio_agent.exitcodes import EX_UNAVAILABLE
 
 ALGORITHM = "aes-256-gcm"
 ENVELOPE_KEYS = frozenset({"enc", "kid", "nonce", "ct"})
 NONCE_BYTES = 12
-EX_UNAVAILABLE = 69
 # The (table, column) pairs that hold sensitive JSON, with their row key.
 SENSITIVE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("tool_calls", "arguments", "id"),

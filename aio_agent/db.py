@@ -18,10 +18,8 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from aio_agent.exitcodes import EX_CONFIG, EX_UNAVAILABLE
 from aio_agent.naming import tenant_server_settings
-
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 
 CONNECT_TIMEOUT_S = 10.0
 

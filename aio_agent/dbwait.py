@@ -28,14 +28,8 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from aio_agent.rendered import load_rendered
-
-EX_OK = 0
-EX_USAGE = 64
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_CONFIG = 78
-DEFAULT_CONFIG_PATH = "/app/config/config.yaml"
+from aio_agent.exitcodes import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE
+from aio_agent.rendered import DEFAULT_CONFIG_PATH, load_rendered
 
 FIRST_DELAY_S = 0.1
 MAX_DELAY_S = 2.0

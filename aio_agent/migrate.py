@@ -45,19 +45,16 @@ from aio_agent.db import (
     quote_ident,
     where,
 )
+from aio_agent.exitcodes import EX_DATAERR as EX_CHANGED
+from aio_agent.exitcodes import EX_OK, EX_SOFTWARE, EX_USAGE
 from aio_agent.naming import (
     InvalidDepartmentIdError,
     role_name,
     schema_name,
     validate_department_id,
 )
+from aio_agent.rendered import DEFAULT_CONFIG_PATH, load_rendered
 
-EX_OK = 0
-EX_USAGE = 64
-EX_CHANGED = 65
-EX_SOFTWARE = 70
-
-DEFAULT_CONFIG_PATH = "/app/config/config.yaml"
 MIGRATION_FILE_RE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 LOCK_NAMESPACE = "aio_agent.migrate"
 
@@ -347,7 +344,6 @@ def resolve_target(args: argparse.Namespace, env: Mapping[str, str]) -> Target:
     if args.department is not None:
         raise MigrateError(EX_USAGE, "--department needs --database-url or --database-url-env")
     path = args.config or env.get("CONFIG_PATH") or DEFAULT_CONFIG_PATH
-    from aio_agent.rendered import load_rendered  # noqa: PLC0415 - only on this path
 
     try:
         document = load_rendered(path)

@@ -60,6 +60,7 @@ from aio_agent.db import (
     quote_literal,
     where,
 )
+from aio_agent.exitcodes import EX_OK, EX_SOFTWARE, EX_USAGE
 from aio_agent.naming import (
     RLS_SETTING,
     InvalidDepartmentIdError,
@@ -74,9 +75,6 @@ SEARCH_LEAKPROOF_STATEMENTS = (
     "ALTER FUNCTION pg_catalog.ts_match_vq(tsvector, tsquery) LEAKPROOF",
 )
 
-EX_OK = 0
-EX_USAGE = 64
-EX_SOFTWARE = 70
 DEFAULT_ADMIN_URL_ENV = "ADMIN_DATABASE_URL"
 SCRAM_ITERATIONS = 4096
 

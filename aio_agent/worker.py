@@ -29,15 +29,13 @@ import structlog
 from livekit.agents import AgentServer, JobContext, JobExecutorType, JobProcess, JobRequest
 
 from aio_agent import metrics, pipeline
+from aio_agent.exitcodes import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE
 from aio_agent.lifecycle import LoopBoundStore, WorkerState
 from aio_agent.logs import get_logger
 from aio_agent.probes import ProbeServer
 
 log = get_logger(__name__)
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
 EX_FORCED = 1
 
 # The framework's own retry budget: 16 attempts, delays 0, 2, 4 ... 10 s (about 130 s in all).
