@@ -11,13 +11,15 @@
 #                   (Debian bookworm's python3.11 on a debootstrap'ed slim Debian, ~125 MB)
 #   POSTGRES_IMAGE  postgres:16 if `docker pull` works, else aio-local/postgres:15
 #                   (Debian bookworm's postgresql-15: one major version BELOW postgres:16)
-#   N8N_IMAGE       n8nio/n8n:2.40.7 if `docker pull` works, else aio-local/n8n:2.40.7 (n8n from
-#                   npm with Node 24 from PyPI on the slim Debian stand-in; tests/images/n8n;
-#                   ~18 min cold under load, 2.3 GB; npm's cache is a BuildKit cache mount)
+#   N8N_IMAGE       n8nio/n8n:2.40.7 if `docker pull` works, else aio-local/n8n:2.40.7 (the host
+#                   installation of tests/lib/n8n-install.sh on the slim Debian stand-in;
+#                   tests/images/n8n; 4.5 min once that installation exists, 2.3 GB)
 # AIO_OFFLINE=1 skips the registry checks; AIO_REBUILD_BASES=1 rebuilds the stand-ins.
 # Needs a running engine (tests/lib/docker-engine.sh); building stand-ins needs root + debootstrap.
 
 BASE_IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../images" && pwd)"
+# shellcheck source=tests/lib/debian-mirror.sh
+source "$(dirname "$BASE_IMAGES_DIR")/lib/debian-mirror.sh"
 AIO_LOCAL_DEBIAN="${AIO_LOCAL_DEBIAN:-aio-local/debian:bookworm-slim}"
 AIO_LOCAL_PYTHON="${AIO_LOCAL_PYTHON:-aio-local/python:3.11-slim}"
 AIO_LOCAL_POSTGRES="${AIO_LOCAL_POSTGRES:-aio-local/postgres:15}"
@@ -90,11 +92,11 @@ build_debian_standin() {
 	fi
 	local ctx t0 mirror
 	ctx="$(mktemp -d)"
-	mirror="$(awk '/^URIs:/ && /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)"
+	mirror="$(debian_mirror_uri)"
 	t0=$(_now_ms)
 	bi_log "$AIO_LOCAL_DEBIAN: debootstrap --variant=minbase bookworm"
 	"$BASE_IMAGES_DIR/debian/mkrootfs.sh" "$ctx/rootfs.tar" bookworm "$(dpkg --print-architecture)" \
-		"${mirror:-http://deb.debian.org/debian}"
+		"$mirror"
 	bi_log "$AIO_LOCAL_DEBIAN: root file system in $(($(_now_ms) - t0)) ms"
 	cp "$BASE_IMAGES_DIR/debian/Dockerfile" "$ctx/Dockerfile"
 	_build_cached "$AIO_LOCAL_DEBIAN" "$ctx" "$hash"
@@ -115,15 +117,18 @@ build_postgres_standin() {
 		--build-arg "DEBIAN_IMAGE=$AIO_LOCAL_DEBIAN"
 }
 
-# n8n from npm: PyPI (Node 24 wheel) and npm go through the host's CA bundle, passed as a build
-# secret (never a layer); npm's download cache is a BuildKit cache mount kept between builds.
+# n8n: the image is made from the host installation of tests/lib/n8n-install.sh (installed here
+# when missing: PyPI and npm through the host's CA bundle), so n8n is fetched and built once per
+# machine for the n8n tests and for this image. The recipe hash covers the Dockerfile, the Debian
+# base and the installation's version marker.
 build_n8n_standin() {
 	build_debian_standin
-	local secret=()
-	[ -r "$PIP_CA_FILE" ] && secret=(--secret "id=pip_ca,src=$PIP_CA_FILE")
-	_build_cached "$AIO_LOCAL_N8N" "$BASE_IMAGES_DIR/n8n" \
-		"$(_recipe_hash "$BASE_IMAGES_DIR/n8n" "$(_debian_hash)")" \
-		--build-arg "N8N_BASE_IMAGE=$AIO_LOCAL_DEBIAN" "${secret[@]}"
+	local launcher prefix
+	launcher="$(bash "$(dirname "$BASE_IMAGES_DIR")/lib/n8n-install.sh")"
+	prefix="$(cd "$(dirname "$launcher")/.." && pwd)"
+	_build_cached "$AIO_LOCAL_N8N" "$prefix" \
+		"$(_recipe_hash "$BASE_IMAGES_DIR/n8n" "$(_debian_hash)" "$(cat "$prefix/.complete")")" \
+		-f "$BASE_IMAGES_DIR/n8n/Dockerfile" --build-arg "N8N_BASE_IMAGE=$AIO_LOCAL_DEBIAN"
 }
 
 base_images_ensure() {
