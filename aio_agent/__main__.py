@@ -141,7 +141,7 @@ def start(
 
     try:
         from aio_agent.store import Store  # noqa: PLC0415
-        from aio_agent.telemetry import setup_tracing  # noqa: PLC0415
+        from aio_agent.telemetry import setup_tracing, shutdown_tracing  # noqa: PLC0415
         from aio_agent.worker import DepartmentWorker  # noqa: PLC0415
 
         setup_tracing(config)
@@ -151,7 +151,10 @@ def start(
             max_retry=max_retry,
             load_threshold=load_threshold,
         )
-        return asyncio.run(worker.run())
+        try:
+            return asyncio.run(worker.run())
+        finally:
+            shutdown_tracing()  # export the spans still batched
     except Exception as exc:
         log.exception("worker_crashed", error=type(exc).__name__)
         return EX_SOFTWARE
