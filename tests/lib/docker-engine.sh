@@ -59,6 +59,19 @@ docker_engine_install() {
 
 _engine_answers() { docker info >/dev/null 2>&1; }
 
+# A dockerd that was killed (the end of a session kills what it left running) leaves its pid
+# file behind, and a new dockerd refuses to start while it exists.
+_clear_stale_pidfile() {
+	local pidfile=/var/run/docker.pid pid
+	[ -f "$pidfile" ] || return 0
+	pid="$(cat "$pidfile" 2>/dev/null || true)"
+	if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = dockerd ]; then
+		return 0
+	fi
+	engine_log "removing stale $pidfile (pid ${pid:-?} is not a running dockerd)"
+	rm -f "$pidfile"
+}
+
 # 2. A running engine.
 docker_engine_start() {
 	if _engine_answers; then
@@ -68,6 +81,7 @@ docker_engine_start() {
 	local dockerd
 	dockerd="$(command -v dockerd)" || engine_die 69 "dockerd not found after installation"
 	engine_log "engine not answering: starting $dockerd (log: $DOCKERD_LOG)"
+	_clear_stale_pidfile
 	mkdir -p "$(dirname "$DOCKERD_LOG")"
 	setsid "$dockerd" >>"$DOCKERD_LOG" 2>&1 </dev/null &
 	local start deadline
