@@ -21,11 +21,12 @@ import os
 import re
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -307,7 +308,7 @@ class Settings(BaseModel):
     def _check_postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None:
             return None
-        parts = urlsplit(value.get_secret_value())
+        parts = _split_url(value.get_secret_value())
         if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
             raise ValueError("must look like postgresql://USER:PASSWORD@HOST:5432/DBNAME")
         try:
@@ -358,8 +359,16 @@ def decode_key(text: str) -> bytes:
     return raw
 
 
+def _split_url(value: str) -> SplitResult:
+    """urlsplit without its error text, which quotes the netloc (user:PASSWORD@host)."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        raise ValueError("is not a valid URL (check for stray or non-ASCII characters)") from None
+
+
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(value.strip())
+    parts = _split_url(value.strip())
     if parts.scheme not in schemes or not parts.netloc:
         raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
     return value.strip()
@@ -832,13 +841,14 @@ def redacted(document: Mapping[str, Any]) -> dict[str, Any]:
     }
 
     def walk(node: Any, key: str | None, section: str | None) -> Any:
+        # A secret is hidden whole, whatever its shape (DATA_ENCRYPTION_OLD_KEYS is a list).
+        sensitive = key in secrets and not (key == "url" and section != "database")
+        if sensitive and node not in (None, [], ""):
+            return "***"
         if isinstance(node, dict):
             return {k: walk(v, k, key if section is None else section) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v, None, section) for v in node]
-        sensitive = key in secrets and not (key == "url" and section != "database")
-        if sensitive and node not in (None, [], ""):
-            return "***"
         return node
 
     return walk(dict(document), None, None)  # type: ignore[no-any-return]
@@ -871,6 +881,18 @@ def _summary(document: Mapping[str, Any]) -> str:
 
 
 def main(argv: Iterable[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    try:
+        return _run(argv, env)
+    except Exception as exc:  # noqa: BLE001 - a bug must exit 70, never 1, and never echo values
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        sys.stderr.write(
+            f"internal error: {type(exc).__name__} at {Path(where.filename).name}:{where.lineno} "
+            "(message withheld: it may hold a configuration value); please report it\n"
+        )
+        return EX_SOFTWARE
+
+
+def _run(argv: Iterable[str] | None, env: Mapping[str, str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m aio_agent.config",
         description="Validate the environment and render the agent's config file.",
@@ -904,11 +926,13 @@ def main(argv: Iterable[str] | None = None, env: Mapping[str, str] | None = None
     try:
         write_atomic(path, dump_yaml(document))
     except OSError as exc:
+        # The directory passed validation (writable), so this is the machine (disk full, a
+        # read-only remount), not the configuration: nothing was written, the old file stands.
         sys.stderr.write(
-            f"invalid configuration: 1 problem\n  - CONFIG_PATH: cannot write "
-            f"{str(path)!r}: {exc.strerror}\n"
+            f"cannot write the config file CONFIG_PATH={str(path)!r}: {exc.strerror}; "
+            "nothing was written (check free space and the mount)\n"
         )
-        return EX_CONFIG
+        return EX_SOFTWARE
     return EX_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 import subprocess
@@ -284,8 +285,14 @@ SECRETS = {
     "N8N_WEBHOOK_SECRET": "n8n-secret-5e5e5e",
     "POSTGRES_URL": "postgresql://hr_agent:pg-pass-c0ffee@db.internal:5432/aio",
     "DATA_ENCRYPTION_KEY": "/9HeQJ9kt6V1pq8XcRsUyiS3d+g7d5NQ3GbuqoSmsK4=",
+    "DATA_ENCRYPTION_OLD_KEYS": "q8Pp0xW3bE7nVh2kLm9sTd4yRu6zXa1cFg5jNo0iHkY=,"
+    "ERERERERERERERERERERERERERERERERERERERERERE=",
 }
-SECRET_VALUES = [*SECRETS.values(), "pg-pass-c0ffee"]
+SECRET_VALUES = [
+    *SECRETS.values(),
+    *SECRETS["DATA_ENCRYPTION_OLD_KEYS"].split(","),
+    "pg-pass-c0ffee",
+]
 
 
 @pytest.mark.slow
@@ -304,12 +311,21 @@ def test_secret_values_never_appear_in_output(tmp_path: Path, command: str) -> N
             "DATA_ENCRYPTION_KEY": "sk-llm-83c5aa",
         },
     )
+    # urlsplit refuses a netloc whose NFKC form holds a delimiter, quoting the whole netloc
+    # (password included) in its error: the fullwidth number sign below.
+    unparsable_process = start_cli(
+        command,
+        env={**env, "POSTGRES_URL": "postgresql://hr_agent:pg-pass-c0ffee\uff03@db:5432/aio"},
+    )
     ok, failing = (finish(p) for p in started)
     malformed = finish(malformed_process)
+    unparsable = finish(unparsable_process)
     assert (ok.returncode, failing.returncode, malformed.returncode) == (0, 78, 78)
     assert "POSTGRES_URL" in malformed.stderr
     assert "DATA_ENCRYPTION_KEY" in malformed.stderr
-    for result in (ok, failing, malformed):
+    assert unparsable.returncode == 78
+    assert "POSTGRES_URL: is not a valid URL" in unparsable.stderr
+    for result in (ok, failing, malformed, unparsable):
         output = result.stdout + result.stderr
         for value in SECRET_VALUES:
             assert value not in output
@@ -336,6 +352,46 @@ def test_failed_render_leaves_the_previous_config_untouched(tmp_path: Path) -> N
     assert path.read_text() == "version: 1\nold: true\n"
     assert path.stat().st_ino == before.st_ino
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_failed_write_exits_70_and_keeps_the_previous_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails after validation (disk full) is no configuration problem: exit 70."""
+    import errno
+
+    from aio_agent import config
+
+    path = tmp_path / "config.yaml"
+    path.write_text("version: 1\nold: true\n")
+
+    def disk_full(fd: int) -> None:  # fsync is where a full disk shows for buffered writes
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(config.os, "fsync", disk_full)
+    result = render_in_process(tmp_path, capsys)
+    monkeypatch.undo()
+    assert result.returncode == 70, result.stderr
+    assert "No space left on device" in result.stderr
+    assert "CONFIG_PATH" in result.stderr
+    assert path.read_text() == "version: 1\nold: true\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_an_internal_error_exits_70_without_echoing_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aio_agent import config
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("sk-llm-83c5aa")
+
+    monkeypatch.setattr(config, "dump_yaml", broken)
+    result = render_in_process(tmp_path, capsys, LLM_API_KEY="sk-llm-83c5aa")
+    assert result.returncode == 70
+    assert "internal error: RuntimeError" in result.stderr
+    assert "sk-llm-83c5aa" not in result.stdout + result.stderr
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def test_unwritable_config_directory_is_a_config_problem(
