@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 BUILTIN_TOOLS = ("search_documents",)
+# n8n/provision.py and n8n/compose-provision.sh refuse shorter signing secrets too.
+MIN_WEBHOOK_SECRET_LENGTH = 16
 TOOL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 PLACEHOLDER_PREFIXES = ("placeholder", "changeme", "change-me", "replace-me", "your-")
 
@@ -181,7 +183,8 @@ class Settings(BaseModel):
     )
     n8n_webhook_secret: SecretStr | None = _var(
         "N8N_WEBHOOK_SECRET",
-        "Shared secret: sent as header auth and used to sign each body (HMAC-SHA256).",
+        "Shared secret, at least 16 characters: sent as header auth and used to sign each body "
+        "(HMAC-SHA256).",
         default=None,
         secret=True,
     )
@@ -315,6 +318,17 @@ class Settings(BaseModel):
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
             raise ValueError("has a port that is not a number from 1 to 65535") from None
+        return value
+
+    @field_validator("n8n_webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # The shipped n8n workflows' provisioner refuses shorter signing secrets (n8n/README.md).
+        if value is not None and len(value.get_secret_value()) < MIN_WEBHOOK_SECRET_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_WEBHOOK_SECRET_LENGTH} characters "
+                "(it is the HMAC key; make one: openssl rand -hex 32)"
+            )
         return value
 
     @field_validator("data_encryption_key")

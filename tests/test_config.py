@@ -146,6 +146,23 @@ def test_each_missing_required_variable_is_named_with_a_hint(
             {"DEPARTMENT_ID": "must match", "LIVEKIT_URL": "ws://", "PORT": "integer"},
             id="40-char-id,no-scheme,port-text",
         ),
+        pytest.param(
+            {
+                "N8N_WEBHOOK_SECRET": "short-secret",
+                "DB_WAIT_TIMEOUT": "-1",
+                "DRAIN_TIMEOUT": "100000",
+                "TOOL_TIMEOUT": "nan",
+                "LOAD_THRESHOLD": "0",
+            },
+            {
+                "N8N_WEBHOOK_SECRET": "at least 16 characters",
+                "DB_WAIT_TIMEOUT": "greater than",
+                "DRAIN_TIMEOUT": "less than or equal to 86400",
+                "TOOL_TIMEOUT": "less than or equal to 120",  # nan is no number in range
+                "LOAD_THRESHOLD": "greater than 0",
+            },
+            id="short-webhook-secret,ranges",
+        ),
     ],
 )
 def test_malformed_values_are_all_reported_in_one_message(
