@@ -6,6 +6,9 @@
 Run with an admin URL (a superuser, or a role with CREATEROLE and CREATE on the database) in the
 variable named by --admin-url-env, so no password sits on a command line. `create` is idempotent:
 a re-run sets the password again and re-asserts the same role attributes, schema and grants.
+A CREATEROLE admin that is no superuser (managed PostgreSQL) works too: it joins the new role
+(CREATE SCHEMA ... AUTHORIZATION needs that) and cannot store the role's default
+app.department_id, which is only a warning: the agent sets it on every connection.
 The role owns its schema and nothing else; the schema grants nothing to PUBLIC, and
 `REVOKE ALL ON SCHEMA public FROM PUBLIC` keeps every tenant out of `public`. Tables come from
 `python -m aio_agent.migrate`, run as the tenant role.
@@ -43,7 +46,7 @@ import os
 import secrets
 import sys
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,18 +118,41 @@ def provision_statements(department_id: str, password_sql: str) -> list[str]:
     department_id = validate_department_id(department_id)
     role, schema = role_name(department_id), schema_name(department_id)
     qrole, qschema = quote_ident(role), quote_ident(schema)
+    lrole = quote_literal(role)
     return [
         "DO $$ BEGIN "
-        f"IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {quote_literal(role)}) "
+        f"IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {lrole}) "
         f"THEN CREATE ROLE {qrole} LOGIN; END IF; END $$",
-        f"ALTER ROLE {qrole} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-        f"NOBYPASSRLS PASSWORD {password_sql}",
+        # Only a superuser may even name SUPERUSER, REPLICATION or BYPASSRLS in ALTER ROLE, so a
+        # managed server's CREATEROLE admin re-asserts them only where a role has one (and is
+        # then refused, rightly). CREATE ROLE gives none of them.
+        "DO $$ BEGIN "
+        f"IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = {lrole} "
+        "AND (rolsuper OR rolreplication OR rolbypassrls)) "
+        f"THEN ALTER ROLE {qrole} NOSUPERUSER NOREPLICATION NOBYPASSRLS; END IF; END $$",
+        f"ALTER ROLE {qrole} WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD {password_sql}",
+        # CREATE SCHEMA ... AUTHORIZATION needs a superuser or membership of the role (PostgreSQL
+        # 16: the right to SET ROLE to it); a CREATEROLE admin grants itself that membership.
+        "DO $$ BEGIN "  # noqa: S608 - the role name is validated and quoted
+        "IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) "
+        f"THEN EXECUTE format('GRANT %I TO %I', {lrole}, current_user); END IF; END $$",
         f"ALTER ROLE {qrole} SET search_path = {qschema}",
-        f"ALTER ROLE {qrole} SET {RLS_SETTING} = {quote_literal(department_id)}",
         f"CREATE SCHEMA IF NOT EXISTS {qschema} AUTHORIZATION {qrole}",
         f"REVOKE ALL ON SCHEMA {qschema} FROM PUBLIC",
         "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+        rls_default_statement(department_id),
     ]
+
+
+def rls_default_statement(department_id: str) -> str:
+    """The role's default RLS setting, so that a plain login (psql) sees its own rows.
+
+    The agent sets it on every connection itself (aio_agent.db.connect_tenant). PostgreSQL 15+
+    lets only a superuser store a default for a custom setting such as app.department_id.
+    """
+    department_id = validate_department_id(department_id)
+    qrole = quote_ident(role_name(department_id))
+    return f"ALTER ROLE {qrole} SET {RLS_SETTING} = {quote_literal(department_id)}"
 
 
 def tenant_session_sql(department_id: str) -> list[str]:
@@ -165,10 +191,18 @@ async def create_tenant(
             raise TenantError(
                 EX_CONFIG, f"schema {schema} exists but is owned by {schema_owner}, not {role}"
             )
-        for statement in provision_statements(
+        *statements, rls_default = provision_statements(
             department_id, quote_literal(scram_verifier(password))
-        ):
+        )
+        for statement in statements:
             await conn.execute(statement)
+        await _tolerate_refusal(
+            conn,
+            [rls_default],
+            "cannot store the role's default app.department_id (needs a superuser): the agent "
+            "sets it on every connection; a plain psql login must SET it itself to see rows",
+            department_id,
+        )
         search_indexed = await mark_search_leakproof(conn, department_id)
     return CreateResult(
         role=role,
@@ -184,17 +218,25 @@ async def mark_search_leakproof(conn: asyncpg.Connection, department_id: str) ->
 
     Runs in a savepoint when called inside a transaction, so a refusal rolls back nothing else.
     """
+    return await _tolerate_refusal(
+        conn,
+        SEARCH_LEAKPROOF_STATEMENTS,
+        "cannot mark the full-text match operator LEAKPROOF (needs a superuser): "
+        "search_documents works but scans every document instead of using the index",
+        department_id,
+    )
+
+
+async def _tolerate_refusal(
+    conn: asyncpg.Connection, statements: Iterable[str], warning: str, department_id: str
+) -> bool:
+    """Run `statements` in a savepoint; False (and `warning`) where the server refuses them."""
     try:
         async with conn.transaction():
-            for statement in SEARCH_LEAKPROOF_STATEMENTS:
+            for statement in statements:
                 await conn.execute(statement)
     except asyncpg.InsufficientPrivilegeError as exc:
-        log.warning(
-            "cannot mark the full-text match operator LEAKPROOF (needs a superuser): "
-            "search_documents works but scans every document instead of using the index",
-            department_id=department_id,
-            reason=describe(exc),
-        )
+        log.warning(warning, department_id=department_id, reason=describe(exc))
         return False
     return True
 

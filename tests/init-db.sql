@@ -14,12 +14,14 @@ ALTER FUNCTION pg_catalog.ts_match_vq(tsvector, tsquery) LEAKPROOF;
 
 -- ==== department hr ====
 DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'hr_agent') THEN CREATE ROLE "hr_agent" LOGIN; END IF; END $$;
-ALTER ROLE "hr_agent" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD 'hr-test-password';
+DO $$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'hr_agent' AND (rolsuper OR rolreplication OR rolbypassrls)) THEN ALTER ROLE "hr_agent" NOSUPERUSER NOREPLICATION NOBYPASSRLS; END IF; END $$;
+ALTER ROLE "hr_agent" WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD 'hr-test-password';
+DO $$ BEGIN IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN EXECUTE format('GRANT %I TO %I', 'hr_agent', current_user); END IF; END $$;
 ALTER ROLE "hr_agent" SET search_path = "hr_tenant";
-ALTER ROLE "hr_agent" SET app.department_id = 'hr';
 CREATE SCHEMA IF NOT EXISTS "hr_tenant" AUTHORIZATION "hr_agent";
 REVOKE ALL ON SCHEMA "hr_tenant" FROM PUBLIC;
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
+ALTER ROLE "hr_agent" SET app.department_id = 'hr';
 
 BEGIN;
 SET LOCAL ROLE "hr_agent";
@@ -129,12 +131,14 @@ COMMIT;
 
 -- ==== department accounting ====
 DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'accounting_agent') THEN CREATE ROLE "accounting_agent" LOGIN; END IF; END $$;
-ALTER ROLE "accounting_agent" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD 'accounting-test-password';
+DO $$ BEGIN IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'accounting_agent' AND (rolsuper OR rolreplication OR rolbypassrls)) THEN ALTER ROLE "accounting_agent" NOSUPERUSER NOREPLICATION NOBYPASSRLS; END IF; END $$;
+ALTER ROLE "accounting_agent" WITH LOGIN NOCREATEDB NOCREATEROLE PASSWORD 'accounting-test-password';
+DO $$ BEGIN IF NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN EXECUTE format('GRANT %I TO %I', 'accounting_agent', current_user); END IF; END $$;
 ALTER ROLE "accounting_agent" SET search_path = "accounting_tenant";
-ALTER ROLE "accounting_agent" SET app.department_id = 'accounting';
 CREATE SCHEMA IF NOT EXISTS "accounting_tenant" AUTHORIZATION "accounting_agent";
 REVOKE ALL ON SCHEMA "accounting_tenant" FROM PUBLIC;
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
+ALTER ROLE "accounting_agent" SET app.department_id = 'accounting';
 
 BEGIN;
 SET LOCAL ROLE "accounting_agent";

@@ -15,7 +15,7 @@ import pytest
 from aio_agent import migrate, tenant
 from aio_agent.db import connect_tenant
 from tests.pgcluster import PostgresCluster
-from tests.tenant_support import provision, run_cli, tenant_dsn, write_password
+from tests.tenant_support import migrate_cli, provision, run_cli, tenant_dsn, write_password
 
 BAD_IDS = [
     "hr; drop schema x",
@@ -200,6 +200,45 @@ def test_create_is_idempotent_and_a_rerun_only_changes_the_password(
         sql(url, "SELECT 1")
     new_url = pg_cluster.dsn(user="payroll_agent", password="second-secret-pw", dbname=pg_database)
     assert sql(new_url, "SELECT id FROM payroll_tenant.kept")[0][0] == 7
+
+
+@pytest.mark.slow
+def test_a_createrole_admin_that_is_no_superuser_can_create_a_tenant(
+    pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    """Managed PostgreSQL gives its admin CREATEROLE and a database of its own, never superuser."""
+    superuser = pg_cluster.dsn()
+    sql(superuser, "CREATE ROLE managed_admin LOGIN CREATEROLE PASSWORD 'managed-admin-pw'")
+    dbname = pg_cluster.create_database()
+    sql(superuser, f'ALTER DATABASE "{dbname}" OWNER TO managed_admin')
+    admin = {
+        "ADMIN_DATABASE_URL": pg_cluster.dsn(
+            user="managed_admin", password="managed-admin-pw", dbname=dbname
+        )
+    }
+    password = write_password(tmp_path, "legal", "legal-secret-pw")
+    runs = [
+        run_cli("aio_agent.tenant", "create", "legal", "--password-file", str(password), env=admin)
+        for _ in range(2)  # the second run re-asserts everything: still allowed
+    ]
+    for result in runs:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert json.loads(result.stdout.splitlines()[-1])["search_indexed"] is False
+    assert "cannot mark the full-text match operator LEAKPROOF" in runs[0].stdout
+
+    attributes = sql(
+        superuser,
+        "SELECT rolsuper, rolcreatedb, rolcreaterole, rolbypassrls, rolreplication"
+        " FROM pg_roles WHERE rolname = 'legal_agent'",
+    )
+    assert tuple(attributes[0]) == (False, False, False, False, False)
+    url = pg_cluster.dsn(user="legal_agent", password="legal-secret-pw", dbname=dbname)
+    migrated = migrate_cli(url, "legal")
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    owner = sql(
+        url, "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1", "legal_tenant"
+    )
+    assert owner[0][0] == "legal_agent"
 
 
 def test_drop_without_confirmation_exits_64_and_keeps_the_data(
