@@ -54,11 +54,11 @@ cleanup() {
 trap cleanup EXIT
 
 build_images() {
-	local secret=()
-	[[ -r "$PIP_CA_FILE" ]] && secret=(--secret "id=pip_ca,src=$PIP_CA_FILE")
-	log "building $AGENT_IMAGE on $BASE_IMAGE"
-	docker buildx build --load -f aio-base.Dockerfile --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-		"${secret[@]}" -t "$AGENT_IMAGE" . >/dev/null
+	# The agent image comes from the compose file's own build section, as `up --build` makes it
+	# for a user (hr and accounting share AGENT_IMAGE); PIP_CA_FILE feeds its pip_ca secret.
+	if [[ -r "$PIP_CA_FILE" ]]; then export PIP_CA_FILE; else unset PIP_CA_FILE; fi
+	log "building $AGENT_IMAGE on $BASE_IMAGE (docker compose build)"
+	compose build -q hr
 	if [[ -z "${LIVEKIT_IMAGE:-}" ]]; then
 		if timeout 20 docker pull -q livekit/livekit-server:v1.9 >/dev/null 2>&1; then
 			export LIVEKIT_IMAGE=livekit/livekit-server:v1.9
