@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.pgcluster import PostgresCluster, free_port
+from aio_agent.db import advisory_key
+from aio_agent.migrate import LOCK_NAMESPACE
+from tests.pgcluster import PostgresCluster, _pg_bin, free_port
 from tests.support import PYTHON, REPO, process_env, render_config, valid_env
 
 ENTRYPOINT = REPO / "entrypoint.sh"
@@ -318,6 +320,69 @@ def test_setup_waits_migrates_and_is_ready(tmp_path: Path, pg_cluster: PostgresC
     )
     assert int(tables) >= 4
     assert password not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_signal_during_migrations_stops_promptly_and_applies_nothing(
+    tmp_path: Path, pg_cluster: PostgresCluster
+) -> None:
+    """Another container holds the migration lock; SIGTERM must not wait for it, nor half-apply."""
+    department = f"ep{uuid.uuid4().hex[:8]}"
+    role, password = f"{department}_agent", uuid.uuid4().hex
+    dbname = pg_cluster.create_database()
+    pg_cluster.psql(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    pg_cluster.psql(f"CREATE SCHEMA {department}_tenant AUTHORIZATION {role}", dbname=dbname)
+    key = advisory_key(LOCK_NAMESPACE, f"{department}_tenant")
+    url = pg_cluster.dsn(user=role, password=password, dbname=dbname)
+    # psql holds the lock as the other container would, until its stdin closes.
+    holder = subprocess.Popen(
+        [_pg_bin("psql"), "-X", "-q", "-d", pg_cluster.dsn(dbname=dbname)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert holder.stdin is not None
+    holder.stdin.write(f"SELECT pg_advisory_lock({key});\n")
+    holder.stdin.flush()
+    waiting_sql = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+
+    def wait_until(condition: str, want: str, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while pg_cluster.psql(condition, dbname=dbname).strip() != want:
+            assert time.monotonic() < deadline, f"{condition} never gave {want}"
+            time.sleep(0.1)
+
+    wait_until("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted", "1")
+    process = subprocess.Popen(
+        ["bash", "-c", f'source "{ENTRYPOINT}"; prepare_agent; echo READY'],
+        env=script_env(env_for(tmp_path, DEPARTMENT_ID=department, POSTGRES_URL=url)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(waiting_sql, "1")  # the migrator is blocked on the lock
+        sent = time.monotonic()
+        os.killpg(process.pid, signal.SIGTERM)
+        out, err = process.communicate(timeout=10)
+        elapsed = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        holder.stdin.close()  # the other container finishes: its lock goes
+        holder.wait(timeout=10)
+    assert process.returncode == 143, out + err
+    assert elapsed < 2.0
+    stopped = [line for line in log_lines(out) if line["event"] == "stopped by signal"]
+    assert stopped and stopped[0]["step"] == "migrations"
+    assert "READY" not in out
+    wait_until(waiting_sql, "0")  # the killed migrator's session is gone too
+    tables = pg_cluster.psql(
+        f"SELECT count(*) FROM pg_tables WHERE schemaname = '{department}_tenant'", dbname=dbname
+    )
+    assert tables.strip() == "0", "a migration ran after the signal"
 
 
 def test_dbwait_plan_tells_the_entrypoint_which_steps_to_run(
