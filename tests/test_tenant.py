@@ -114,6 +114,17 @@ def test_hr_role_cannot_create_outside_its_schema(
         sql(tenant_dsn(pg_cluster, "hr", tenants_db), statement)
 
 
+def test_public_schema_grants_tenants_nothing(pg_cluster: PostgresCluster, tenants_db: str) -> None:
+    # PostgreSQL 15 already withholds CREATE on public from PUBLIC, but still grants USAGE: only
+    # the bootstrap's REVOKE ALL takes that away, so this fails without it.
+    rows = sql(
+        tenant_dsn(pg_cluster, "hr", tenants_db),
+        "SELECT has_schema_privilege('public', 'USAGE'), has_schema_privilege('public', 'CREATE'),"
+        " has_schema_privilege('accounting_tenant', 'USAGE')",
+    )
+    assert tuple(rows[0]) == (False, False, False)
+
+
 @pytest.mark.parametrize("table", ["tool_calls", "session_context", "drive_documents"])
 def test_rls_hides_own_rows_when_the_setting_names_another_department(
     pg_cluster: PostgresCluster, tenants_db: str, table: str
