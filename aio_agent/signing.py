@@ -12,7 +12,12 @@ Each tool call is an HTTP `POST {N8N_WEBHOOK_BASE}/{DEPARTMENT_ID}/{tool}` with 
 The body is compact UTF-8 JSON (no spaces, non-ASCII characters not escaped):
 
     {"department_id":"hr","session_id":"...","tool":"lookup_policy","arguments":{...},
-     "requested_at":"2026-12-03T19:20:00.123Z","request_id":"<same as X-AIO-Request-Id>"}
+     "requested_at":"2026-12-03T19:20:00.123Z","request_id":"<same as X-AIO-Request-Id>",
+     "call_id":"<uuid4 hex, the same for every attempt of one tool call>"}
+
+Retries: a timeout or a dropped connection may hide a request that n8n did receive and act on.
+Every retry of one tool call carries the same `call_id` (and a new request id and timestamp), so
+a workflow with side effects (book leave, submit an expense) can do them once per `call_id`.
 
 To verify in n8n: Webhook node with Header Auth (rejects a wrong X-AIO-Auth with 403) and the
 option "Raw Body" on; then a Code node (needs NODE_FUNCTION_ALLOW_BUILTIN=crypto):
@@ -112,9 +117,13 @@ def request_body(
     tool: str,
     arguments: dict[str, Any],
     request_id: str,
+    call_id: str | None = None,
     now: float | None = None,
 ) -> bytes:
-    """The exact bytes the agent signs and sends (compact UTF-8 JSON, documented above)."""
+    """The exact bytes the agent signs and sends (compact UTF-8 JSON, documented above).
+
+    `call_id` defaults to `request_id` (a call made in one attempt).
+    """
     doc = {
         "department_id": department_id,
         "session_id": session_id,
@@ -122,5 +131,6 @@ def request_body(
         "arguments": arguments,
         "requested_at": iso_utc(now),
         "request_id": request_id,
+        "call_id": call_id or request_id,
     }
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()

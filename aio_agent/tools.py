@@ -223,11 +223,12 @@ class N8nToolClient:
     async def _with_retries(
         self, spec: dict[str, Any], tool: str, arguments: dict[str, Any], session_id: str
     ) -> tuple[_Attempt, int]:
+        call_id = uuid.uuid4().hex  # one per tool call: n8n may deduplicate retries on it
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(spec, tool, arguments, session_id), attempt
+                return await self._attempt(spec, tool, arguments, session_id, call_id), attempt
             except _Retryable as exc:
                 if attempt > self._max_retries:
                     return _Attempt(exc.status, exc.http_status, None, exc.message, None), attempt
@@ -243,7 +244,12 @@ class N8nToolClient:
                 await asyncio.sleep(delay)
 
     async def _attempt(
-        self, spec: dict[str, Any], tool: str, arguments: dict[str, Any], session_id: str
+        self,
+        spec: dict[str, Any],
+        tool: str,
+        arguments: dict[str, Any],
+        session_id: str,
+        call_id: str,
     ) -> _Attempt:
         request_id = uuid.uuid4().hex
         now = time.time()
@@ -253,6 +259,7 @@ class N8nToolClient:
             tool=tool,
             arguments=arguments,
             request_id=request_id,
+            call_id=call_id,
             now=now,
         )
         headers = signed_headers(self._secret, body, request_id=request_id, now=now)

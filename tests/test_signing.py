@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aio_agent.signing import iso_utc, request_body, sign, signed_headers, verify
 
@@ -68,14 +69,15 @@ def test_without_a_secret_no_auth_or_signature_headers_are_sent() -> None:
 
 
 def test_request_body_is_compact_utf8_json_with_the_documented_fields() -> None:
-    body = request_body(
-        department_id="hr",
-        session_id="s1",
-        tool="lookup_policy",
-        arguments={"topic": "Ürlaub"},
-        request_id="rid",
-        now=NOW + 0.123,
-    )
+    fields: dict[str, Any] = {
+        "department_id": "hr",
+        "session_id": "s1",
+        "tool": "lookup_policy",
+        "arguments": {"topic": "Ürlaub"},
+        "request_id": "rid",
+        "now": NOW + 0.123,
+    }
+    body = request_body(**fields)
     assert b" " not in body
     assert "Ürlaub".encode() in body
     assert json.loads(body) == {
@@ -85,5 +87,7 @@ def test_request_body_is_compact_utf8_json_with_the_documented_fields() -> None:
         "arguments": {"topic": "Ürlaub"},
         "requested_at": "2023-11-14T22:13:20.123Z",
         "request_id": "rid",
+        "call_id": "rid",
     }
+    assert json.loads(request_body(**{**fields, "call_id": "cid"}))["call_id"] == "cid"
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"

@@ -138,9 +138,18 @@ async def test_a_500_followed_by_success_returns_the_answer_with_the_attempts_co
     finally:
         await client.aclose()
     assert result.ok and result.attempts == 3 and result.data == {"policy": "ok now"}
-    # Every attempt was freshly signed with a new request id (replay protection passes retries).
-    ids = {hit.headers["X-AIO-Request-Id"] for hit in n8n.hits("hr", "lookup_policy")}
-    assert len(ids) == 3
+    # Every attempt was freshly signed with a new request id (replay protection passes retries),
+    # and all carry the call's one call_id (n8n can do a side effect once per call).
+    hits = n8n.hits("hr", "lookup_policy")
+    assert len({hit.headers["X-AIO-Request-Id"] for hit in hits}) == 3
+    assert len({hit.json["call_id"] for hit in hits}) == 1
+    assert all(hit.json["call_id"] != hit.json["request_id"] for hit in hits)
+    again = N8nToolClient(make_config(tmp_path, n8n.base_url), backoff_base_s=0.01)
+    try:
+        await again.call("lookup_policy", {"topic": "x"}, session_id="s")
+    finally:
+        await again.aclose()
+    assert n8n.hits("hr", "lookup_policy")[-1].json["call_id"] != hits[0].json["call_id"]
 
 
 async def test_a_slow_tool_times_out_per_attempt_and_the_call_ends_with_a_timeout(n8n, tmp_path):
