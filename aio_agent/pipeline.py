@@ -14,6 +14,7 @@ Everything here is built from the rendered config document, never from code cons
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,9 +23,11 @@ from typing import Any, Protocol
 
 from livekit.agents import Agent, AgentSession, function_tool, inference, llm
 from livekit.plugins import openai
+from opentelemetry.trace import Status, StatusCode
 
 from aio_agent import metrics
 from aio_agent.logs import get_logger
+from aio_agent.telemetry import tracer
 
 log = get_logger(__name__)
 
@@ -117,25 +120,36 @@ def _n8n_handler(tool: str, client: ToolCaller, session_id: str) -> ToolHandler:
     return handler
 
 
-def _search_handler(store: StoreLike, session_id: str) -> ToolHandler:
+def _search_handler(store: StoreLike, session_id: str, timeout_s: float) -> ToolHandler:
     async def handler(raw_arguments: dict[str, Any]) -> str:
         query = str(raw_arguments.get("query") or "").strip()
         started = time.perf_counter()
         status, error, answer = "ok", None, ""
-        try:
-            if not query:
-                status, error = "rejected", "empty query"
-                answer = "error: search_documents needs a non-empty `query`."
-            else:
-                rows = await store.search_documents(query, limit=SEARCH_LIMIT)
-                answer = _documents_for_llm(query, rows)
-        except Exception as exc:  # noqa: BLE001 - the caller must hear a clear failure, not silence
-            status, error = "error", type(exc).__name__
-            log.warning("search_documents_failed", error=error)
-            answer = (
-                f"error: the document search is unavailable right now ({error}). "
-                "Tell the caller you cannot look it up at the moment."
-            )
+        with tracer().start_as_current_span(
+            "aio.search_documents",
+            attributes={"aio.tool": "search_documents", "aio.session_id": session_id},
+        ) as span:
+            try:
+                if not query:
+                    status, error = "rejected", "empty query"
+                    answer = "error: search_documents needs a non-empty `query`."
+                else:
+                    # A stalled database must not stall the turn: the caller hears the failure.
+                    async with asyncio.timeout(timeout_s):
+                        rows = await store.search_documents(query, limit=SEARCH_LIMIT)
+                    answer = _documents_for_llm(query, rows)
+            except TimeoutError:
+                status, error = "timeout", f"no answer within {timeout_s:g} s"
+            except Exception as exc:  # noqa: BLE001 - the caller must hear a clear failure
+                status, error = "error", type(exc).__name__
+            if status in ("timeout", "error"):
+                log.warning("search_documents_failed", status=status, error=error)
+                answer = (
+                    f"error: the document search is unavailable right now ({error}). "
+                    "Tell the caller you cannot look it up at the moment."
+                )
+                span.set_status(Status(StatusCode.ERROR, error or status))
+            span.set_attribute("aio.status", status)
         elapsed = time.perf_counter() - started
         metrics.TOOL_CALLS.labels(tool="search_documents", status=status).inc()
         metrics.TOOL_CALL_DURATION.labels(tool="search_documents").observe(elapsed)
@@ -192,7 +206,7 @@ def build_tools(
             if store is None or not store.enabled:
                 log.warning("search_documents enabled without a database; leaving it out")
                 continue
-            handler = _search_handler(store, session_id)
+            handler = _search_handler(store, session_id, float(spec.get("timeout_s") or 10.0))
         else:
             raise ValueError(f"unknown tool kind {spec['kind']!r} for {spec['name']!r}")
         tools.append(function_tool(handler, raw_schema=schema))

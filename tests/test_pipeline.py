@@ -254,6 +254,43 @@ async def test_search_documents_finds_only_the_departments_own_documents(
     assert "HR annual leave policy" in answer and "Accounting" not in answer
 
 
+async def test_a_stalled_database_ends_the_search_at_its_timeout_and_the_caller_is_told(
+    tmp_path, llm_server, n8n, pg_cluster, pg_database
+):
+    await setup_tenants(pg_cluster, pg_database, "hr")
+    url = tenant_dsn(pg_cluster, "hr", pg_database)
+    config = make_config(  # TOOL_TIMEOUT=1: search_documents gets 1 s too
+        tmp_path, llm_base=llm_server.base_url, n8n_base=n8n.base_url, postgres_url=url
+    )
+    store = Store.from_config(config)
+    await store.start()
+    # Another session holds the table (a migration, a VACUUM FULL): every read of it waits.
+    locker = await asyncpg.connect(pg_cluster.dsn(dbname=pg_database))
+    locked = locker.transaction()
+    await locked.start()
+    await locker.execute("LOCK TABLE hr_tenant.drive_documents IN ACCESS EXCLUSIVE MODE")
+    try:
+        started = asyncio.get_running_loop().time()
+        result = await ask(config, "Which documents talk about leave?", store=store)
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        await locked.rollback()
+        await locker.close()
+        await store.stop()
+
+    result.expect.next_event().is_function_call(name="search_documents")
+    output = result.expect.next_event().is_function_call_output().event().item.output
+    assert output.startswith("error: the document search is unavailable")
+    assert "no answer within 1 s" in output
+    assert elapsed < 5  # 1 s timeout + the scripted model, not the 30 s command timeout
+    rows = pg_cluster.psql(
+        "SET app.department_id = 'hr'; SELECT status, error FROM hr_tenant.tool_calls"
+        " WHERE tool = 'search_documents'",
+        dbname=pg_database,
+    )
+    assert rows.strip() == "timeout|no answer within 1 s"
+
+
 async def test_a_returning_callers_earlier_turns_reach_the_model_and_are_saved_again(
     tmp_path, llm_server, n8n
 ):
