@@ -535,6 +535,44 @@ async def test_the_exact_same_request_sent_twice_is_refused_the_second_time(n8n:
 
 @pytest.mark.n8n
 @pytest.mark.slow
+@pytest.mark.parametrize(("department", "tool", "arguments", "_expected"), SIGNED_CALLS)
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("X-Signature", "bad or missing X-Signature"),
+        ("X-AIO-Timestamp", "missing or malformed X-AIO-Timestamp"),
+        ("X-AIO-Request-Id", "X-AIO-Request-Id is missing"),
+    ],
+)
+def test_a_call_with_valid_auth_but_a_missing_signing_header_is_refused_401(
+    n8n: N8n,
+    department: str,
+    tool: str,
+    arguments: dict,
+    _expected: Any,
+    header: str,
+    message: str,
+) -> None:
+    """Header auth passes, so the workflow's own signature check must refuse it."""
+    request_id = uuid.uuid4().hex
+    body = signing.request_body(
+        department_id=department,
+        session_id="s1",
+        tool=tool,
+        arguments=arguments,
+        request_id=request_id,
+    )
+    headers = signing.signed_headers(n8n.secrets[department], body, request_id=request_id)
+    del headers[header]
+
+    status, answer = _post(f"{n8n.webhook_base}/{department}/{tool}", body, headers)
+
+    assert status == 401, answer
+    assert message in json.loads(answer)["error"]
+
+
+@pytest.mark.n8n
+@pytest.mark.slow
 async def test_a_signed_body_cannot_be_sent_under_another_request_id(n8n: N8n) -> None:
     secret = n8n.secrets["hr"]
     body = signing.request_body(
