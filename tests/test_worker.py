@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from aio_agent.config import build_config
@@ -27,6 +28,8 @@ from aio_agent.store import Store
 from aio_agent.worker import DepartmentWorker
 from tests.fakes.livekit_server import FakeLiveKitServer
 from tests.support import PYTHON, process_env, render_config, valid_env
+from tests.tenant_support import tenant_dsn
+from tests.test_pipeline import setup_tenants, tenant_rows
 
 KEY = "devkey"
 SECRET = "devsecret-devsecret-devsecret-00"
@@ -60,7 +63,9 @@ async def wait_ready(port: int, want: int, within: float) -> dict[str, Any]:
         await asyncio.sleep(0.1)
 
 
-def worker_for(tmp_path: Path, url: str, department: str, port: int) -> DepartmentWorker:
+def worker_for(
+    tmp_path: Path, url: str, department: str, port: int, **env: str
+) -> DepartmentWorker:
     (tmp_path / department).mkdir(exist_ok=True)
     config = build_config(
         valid_env(
@@ -71,6 +76,7 @@ def worker_for(tmp_path: Path, url: str, department: str, port: int) -> Departme
             NUM_IDLE_PROCESSES="0",
             DRAIN_TIMEOUT="20",
             CONFIG_PATH=str(tmp_path / department / "config.yaml"),
+            **env,
         )
     )
     # load_threshold=inf: the machine running the tests is shared; the framework's CPU-based
@@ -142,6 +148,51 @@ async def test_a_call_dispatched_to_accounting_never_reaches_the_hr_worker(tmp_p
             worker.request_stop("test over")
         assert await asyncio.wait_for(asyncio.gather(*runs), timeout=30) == [0, 0]
         await fake.stop()
+
+
+@pytest.mark.slow
+async def test_a_graceful_stop_writes_every_queued_row_before_exiting(
+    tmp_path, pg_cluster, pg_database
+):
+    await setup_tenants(pg_cluster, pg_database, "hr")
+    url = tenant_dsn(pg_cluster, "hr", pg_database)
+    fake = FakeLiveKitServer(KEY, SECRET)
+    await fake.start()
+    probe_port = free_port()
+    worker = worker_for(tmp_path, fake.url, "hr", probe_port, POSTGRES_URL=url)
+    run = asyncio.create_task(worker.run(handle_signals=False))
+    # A slow database: another session holds tool_calls, so the writer's rows wait in the queue.
+    locker = await asyncpg.connect(pg_cluster.dsn(dbname=pg_database))
+    locked = locker.transaction()
+    try:
+        await wait_ready(probe_port, 200, within=20)  # registered, database reachable
+        await locked.start()
+        await locker.execute("LOCK TABLE hr_tenant.tool_calls IN ACCESS EXCLUSIVE MODE")
+        for n in range(50):
+            worker.store.record_tool_call(
+                session_id=f"call-{n}",
+                tool="lookup_policy",
+                arguments={"n": n},
+                status="ok",
+                http_status=200,
+                latency_ms=1.0,
+                attempts=1,
+                error=None,
+                response_bytes=10,
+            )
+        worker.request_stop("test")
+        await asyncio.sleep(1.0)
+        assert not run.done()  # the stop waits for the queue, not for nothing
+        await locked.rollback()  # the database answers again within the flush timeout
+        assert await asyncio.wait_for(run, timeout=30) == 0
+    finally:
+        if not run.done():
+            worker.request_stop("cleanup")
+            await asyncio.wait_for(run, timeout=30)
+        await locker.close()
+        await fake.stop()
+    rows = await tenant_rows(url, "hr", "SELECT session_id FROM tool_calls")
+    assert sorted(int(r["session_id"].removeprefix("call-")) for r in rows) == list(range(50))
 
 
 async def test_livekit_unreachable_past_the_retries_exits_69(tmp_path):
