@@ -233,7 +233,7 @@ class Settings(BaseModel):
     )
     num_idle_processes: int = _var(
         "NUM_IDLE_PROCESSES",
-        "Pre-started job processes (faster call pickup, more idle memory).",
+        "Pre-started job executors, threads in this image (faster call pickup, more idle memory).",
         default=1,
         ge=0,
         le=32,
