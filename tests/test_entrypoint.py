@@ -7,6 +7,7 @@ function `_main` runs before `exec "$@"`); every other path runs the script as a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -59,6 +61,36 @@ def prepare(env: dict[str, str], timeout: float = 60) -> Run:
     """Source the script, run every setup step, then print READY (stands in for the agent)."""
     script = f'source "{ENTRYPOINT}"; prepare_agent; echo READY'
     return run(["bash", "-c", script], env, timeout)
+
+
+@contextlib.contextmanager
+def prepare_in_background(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`prepare` in its own process group (like tini -g: the whole group can be signalled);
+    whatever outlives the block is killed."""
+    process = subprocess.Popen(
+        ["bash", "-c", f'source "{ENTRYPOINT}"; prepare_agent; echo READY'],
+        env=script_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def signal_and_collect(
+    process: subprocess.Popen[str], send: Callable[[], None]
+) -> tuple[str, str, float]:
+    """Send the signal, then stdout, stderr and the seconds until the process ended."""
+    sent = time.monotonic()
+    send()
+    out, err = process.communicate(timeout=10)
+    return out, err, time.monotonic() - sent
 
 
 def log_lines(stdout: str) -> list[dict[str, object]]:
@@ -261,16 +293,8 @@ def test_signal_during_database_wait_stops_promptly(
     env = env_for(
         tmp_path, POSTGRES_URL=f"postgresql://u:p@127.0.0.1:{port}/db", DB_WAIT_TIMEOUT="60"
     )
-    process = subprocess.Popen(
-        ["bash", "-c", f'source "{ENTRYPOINT}"; prepare_agent; echo READY'],
-        env=script_env(env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # like tini -g: we can signal the whole group
-    )
-    assert process.stdout is not None
-    try:
+    with prepare_in_background(env) as process:
+        assert process.stdout is not None
         seen = []
         for line in process.stdout:
             seen.append(line)
@@ -278,17 +302,10 @@ def test_signal_during_database_wait_stops_promptly(
                 break
         else:
             pytest.fail("the database wait never started: " + "".join(seen))
-        sent = time.monotonic()
         if whole_group:
-            os.killpg(process.pid, sig)
+            out, err, elapsed = signal_and_collect(process, lambda: os.killpg(process.pid, sig))
         else:
-            process.send_signal(sig)
-        out, err = process.communicate(timeout=10)
-        elapsed = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            out, err, elapsed = signal_and_collect(process, lambda: process.send_signal(sig))
     assert process.returncode == code, out + err
     assert elapsed < 2.0
     stopped = [line for line in log_lines(out) if line["event"] == "stopped by signal"]
@@ -353,24 +370,15 @@ def test_signal_during_migrations_stops_promptly_and_applies_nothing(
             time.sleep(0.1)
 
     wait_until("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted", "1")
-    process = subprocess.Popen(
-        ["bash", "-c", f'source "{ENTRYPOINT}"; prepare_agent; echo READY'],
-        env=script_env(env_for(tmp_path, DEPARTMENT_ID=department, POSTGRES_URL=url)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        wait_until(waiting_sql, "1")  # the migrator is blocked on the lock
-        sent = time.monotonic()
-        os.killpg(process.pid, signal.SIGTERM)
-        out, err = process.communicate(timeout=10)
-        elapsed = time.monotonic() - sent
+        with prepare_in_background(
+            env_for(tmp_path, DEPARTMENT_ID=department, POSTGRES_URL=url)
+        ) as process:
+            wait_until(waiting_sql, "1")  # the migrator is blocked on the lock
+            out, err, elapsed = signal_and_collect(
+                process, lambda: os.killpg(process.pid, signal.SIGTERM)
+            )
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
         holder.stdin.close()  # the other container finishes: its lock goes
         holder.wait(timeout=10)
     assert process.returncode == 143, out + err
