@@ -7,9 +7,12 @@
 #      temporary folder, removed on exit),
 #   2. n8n import:credentials, n8n import:workflow (fixed ids: a re-import updates, never
 #      duplicates), n8n publish:workflow for each workflow,
-#   3. write a marker (a hash of every input: templates, workflows, secrets) into n8n's folder.
-# A later start with the same inputs finds the marker and changes nothing (a few ms); changed
-# workflows or secrets are imported again.
+#   3. check that n8n lists every workflow as active (exit 69 if not: n8n's CLI can log an error
+#      and still exit 0), then write a marker (a hash of every input: templates, workflows,
+#      secrets) into n8n's folder.
+# A later start with the same inputs finds the marker and, once n8n confirms every workflow is
+# still active (one CLI call, a few seconds), changes nothing; changed workflows or secrets, or a
+# workflow deactivated since, are imported and published again.
 #
 # Environment: AIO_DEPARTMENTS (default "hr accounting"), AIO_WEBHOOK_SECRET_<DEPARTMENT> or
 # AIO_WEBHOOK_SECRET (at least 16 characters; never printed), AIO_N8N_DIR (default /aio/n8n: this
@@ -96,9 +99,26 @@ JS
 inputs_hash="$(printf '%s\n' "$plan" | sed -n 1p)"
 workflow_ids="$(printf '%s\n' "$plan" | sed -n 2p)"
 
+# inactive_workflows: the ids of $workflow_ids that n8n does not list as active (empty: none).
+# n8n's own word, not our marker's: an import or publish can log an error and still exit 0, and
+# a workflow can be deactivated in the editor afterwards.
+inactive_workflows() {
+	n8n list:workflow --active=true --onlyId >"$WORK/active" 2>&1 || true
+	missing=""
+	for id in $workflow_ids; do
+		grep -qxF "$id" "$WORK/active" || missing="$missing $id"
+	done
+	printf '%s' "${missing# }"
+}
+
 if [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$inputs_hash" ]; then
-	log info "unchanged" departments "$DEPARTMENTS" inputs "$inputs_hash"
-	exit 0
+	inactive="$(inactive_workflows)"
+	if [ -z "$inactive" ]; then
+		log info "unchanged" departments "$DEPARTMENTS" inputs "$inputs_hash"
+		exit 0
+	fi
+	log warning "provisioned before, but n8n lists these workflows as inactive: provisioning again" \
+		workflows "$inactive"
 fi
 
 # run_n8n STEP ARGS...: one n8n CLI command; its output is shown only when it fails.
@@ -120,6 +140,13 @@ run_n8n "workflows imported" import:workflow --separate --input="$WORK/workflows
 for id in $workflow_ids; do
 	run_n8n "workflow $id published" publish:workflow --id="$id"
 done
+inactive="$(inactive_workflows)"
+if [ -n "$inactive" ]; then
+	cat "$WORK/active" >&2
+	log error "n8n reported success, but these workflows are not active" workflows "$inactive" \
+		exit_code 69
+	exit 69
+fi
 printf '%s\n' "$inputs_hash" >"$MARKER.tmp"
 mv "$MARKER.tmp" "$MARKER"
 log info "provisioned" departments "$DEPARTMENTS" workflows "$(echo "$workflow_ids" | wc -w | tr -d ' ')" \

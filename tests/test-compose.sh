@@ -211,6 +211,19 @@ check_n8n() {
 	else
 		fail "a second provisioning run did not say unchanged: $marker"
 	fi
+	# The marker is not trusted blindly: a workflow deactivated since is published again.
+	local repaired
+	local hr_policy_id
+	hr_policy_id="$(sed -n 's/^  "id": "\(aio[0-9a-f]*\)",$/\1/p' n8n/workflows/hr/lookup_policy.json)"
+	compose exec -T n8n n8n unpublish:workflow --id="$hr_policy_id" >/dev/null 2>&1 || true
+	repaired="$(compose run --rm --no-deps -T n8n-provision 2>&1 || true)"
+	active="$(compose exec -T n8n n8n list:workflow --active=true 2>/dev/null | grep -c '|AIO ' || true)"
+	if grep -q 'lists these workflows as inactive' <<<"$repaired" &&
+		grep -q '"event":"provisioned"' <<<"$repaired" && [[ "$active" == 4 ]]; then
+		pass "a workflow unpublished in n8n is published again by the next provisioning run"
+	else
+		fail "provisioning did not repair an unpublished workflow (active: $active): $(tail -n 3 <<<"$repaired")"
+	fi
 }
 
 # tool_call_row SERVICE SESSION_ID -> "tool status http_status" of the session's tool call,
