@@ -109,11 +109,15 @@ def scram_verifier(password: str, *, salt: bytes | None = None) -> str:
     return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-def provision_statements(department_id: str, password_sql: str) -> list[str]:
+def provision_statements(
+    department_id: str, password_sql: str, *, rls_default: bool = True
+) -> list[str]:
     """Statements that create (or re-assert) the role, its schema and the revokes.
 
     `password_sql` is an already quoted SQL literal (a SCRAM verifier, or a clear-text test value
     in the generated tests/init-db.sql). Shared by `create` and the init-db.sql generator.
+    `rls_default=False` leaves out the role's default RLS setting (a superuser-only statement that
+    `create` runs apart, tolerating a refusal).
     """
     department_id = validate_department_id(department_id)
     role, schema = role_name(department_id), schema_name(department_id)
@@ -140,7 +144,7 @@ def provision_statements(department_id: str, password_sql: str) -> list[str]:
         f"CREATE SCHEMA IF NOT EXISTS {qschema} AUTHORIZATION {qrole}",
         f"REVOKE ALL ON SCHEMA {qschema} FROM PUBLIC",
         "REVOKE ALL ON SCHEMA public FROM PUBLIC",
-        rls_default_statement(department_id),
+        *([rls_default_statement(department_id)] if rls_default else []),
     ]
 
 
@@ -191,14 +195,13 @@ async def create_tenant(
             raise TenantError(
                 EX_CONFIG, f"schema {schema} exists but is owned by {schema_owner}, not {role}"
             )
-        *statements, rls_default = provision_statements(
-            department_id, quote_literal(scram_verifier(password))
-        )
-        for statement in statements:
+        for statement in provision_statements(
+            department_id, quote_literal(scram_verifier(password)), rls_default=False
+        ):
             await conn.execute(statement)
         await _tolerate_refusal(
             conn,
-            [rls_default],
+            [rls_default_statement(department_id)],
             "cannot store the role's default app.department_id (needs a superuser): the agent "
             "sets it on every connection; a plain psql login must SET it itself to see rows",
             department_id,
