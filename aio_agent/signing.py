@@ -3,7 +3,9 @@
 Each tool call is an HTTP `POST {N8N_WEBHOOK_BASE}/{DEPARTMENT_ID}/{tool}` with these headers:
 
     Content-Type:     application/json
-    X-AIO-Auth:       <N8N_WEBHOOK_SECRET>        (n8n "Header Auth" credential, name X-AIO-Auth)
+    X-AIO-Auth:       <hex of HMAC-SHA256(key=N8N_WEBHOOK_SECRET,
+                                          msg="aio-federation header auth v1")>
+                      (n8n "Header Auth" credential, name X-AIO-Auth; see "Header token" below)
     X-AIO-Timestamp:  <unix time in seconds, an integer>
     X-AIO-Request-Id: <uuid4 hex, new for every HTTP attempt, retries included>
     X-Signature:      sha256=<hex of HMAC-SHA256(key=N8N_WEBHOOK_SECRET,
@@ -35,15 +37,28 @@ Answer 401 when `ok` is false. Refuse a timestamp more than 5 minutes away from 
 (optionally) a request id seen before within that window: that stops replays. The agent never
 reuses a request id, so retries pass such a check.
 
+Header token: X-AIO-Auth carries a token derived from the secret, never the secret itself. n8n
+keeps the headers of failed executions, and a proxy may log them: whoever reads the token gets
+past Header Auth but still cannot sign a body, so the Code node refuses them. The credential's
+value is made with either of:
+
+    python -m aio_agent.signing header-token      (reads N8N_WEBHOOK_SECRET; prints the token)
+    printf %s 'aio-federation header auth v1' | openssl dgst -sha256 -hmac "$N8N_WEBHOOK_SECRET"
+
+(n8n/provision.py and n8n/compose-provision.sh compute it themselves.)
+
 Without N8N_WEBHOOK_SECRET the agent sends neither X-AIO-Auth nor X-Signature (timestamp and request
 id still go out). Anyone who can reach the webhook can then call it: acceptable only in tests.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import json
+import os
+import sys
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +69,12 @@ REQUEST_ID_HEADER = "X-AIO-Request-Id"
 SIGNATURE_HEADER = "X-Signature"
 SIGNATURE_PREFIX = "sha256="
 DEFAULT_TOLERANCE_S = 300
+HEADER_TOKEN_CONTEXT = b"aio-federation header auth v1"
+
+
+def header_token(secret: str) -> str:
+    """The X-AIO-Auth value for `secret`: a token derived from it, so the key is never sent."""
+    return hmac.new(secret.encode(), HEADER_TOKEN_CONTEXT, hashlib.sha256).hexdigest()
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
@@ -99,7 +120,7 @@ def signed_headers(
         REQUEST_ID_HEADER: request_id,
     }
     if secret:
-        headers[AUTH_HEADER] = secret
+        headers[AUTH_HEADER] = header_token(secret)
         headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
     return headers
 
@@ -134,3 +155,33 @@ def request_body(
         "call_id": call_id or request_id,
     }
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m aio_agent.signing header-token`: the n8n Header Auth value for a secret."""
+    parser = argparse.ArgumentParser(
+        prog="python -m aio_agent.signing",
+        description="Print the X-AIO-Auth header token for n8n's Header Auth credential.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    token = sub.add_parser("header-token", help="the token for the secret in a variable")
+    token.add_argument(
+        "--secret-env",
+        default="N8N_WEBHOOK_SECRET",
+        metavar="NAME",
+        help="variable holding the webhook secret (default N8N_WEBHOOK_SECRET)",
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code == 0 else 64
+    secret = os.environ.get(args.secret_env, "")
+    if not secret:
+        sys.stderr.write(f"{args.secret_env} is not set: export the webhook secret first\n")
+        return 78
+    sys.stdout.write(header_token(secret) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

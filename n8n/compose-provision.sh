@@ -3,8 +3,9 @@
 # (docker-compose.test.yml's `n8n-provision` service; the n8n service waits for it to finish).
 # POSIX sh + node + the n8n CLI only, so it runs on the official n8nio/n8n image (Alpine, no
 # Python) and on our stand-in alike. What provision.py does, for a fresh or known database:
-#   1. fill each department's secret into its Header Auth credential template (in a private
-#      temporary folder, removed on exit),
+#   1. fill each department's header token (HMAC-SHA256 of "aio-federation header auth v1" with
+#      its secret, what the agent sends as X-AIO-Auth) into its Header Auth credential template
+#      (in a private temporary folder, removed on exit),
 #   2. n8n import:credentials, n8n import:workflow (fixed ids: a re-import updates, never
 #      duplicates), n8n publish:workflow for each workflow,
 #   3. check that n8n lists every workflow as active (exit 69 if not: n8n's CLI can log an error
@@ -72,7 +73,8 @@ for (const dept of departments) {
   if (!fs.existsSync(flows)) problems.push(`no workflow folder ${flows}`);
   if (problems.length) continue;
   const credential = JSON.parse(fs.readFileSync(template, 'utf8'));
-  credential.data.value = secret;
+  // The header token, as aio_agent/signing.py sends it: the secret itself never travels.
+  credential.data.value = crypto.createHmac('sha256', secret).update('aio-federation header auth v1').digest('hex');
   const text = JSON.stringify(credential);
   hash.update(`credential ${dept}\n${text}\n`);
   fs.writeFileSync(path.join(work, 'credentials', `${dept}.json`), text, { mode: 0o600 });

@@ -5,7 +5,8 @@
 
 For each department it makes sure that n8n holds
   - the Header Auth credential "AIO <department> webhook auth" (header X-AIO-Auth, value = the
-    department's webhook secret), and
+    header token of the department's webhook secret, HMAC-SHA256(secret, "aio-federation header
+    auth v1") in hex, as aio_agent/signing.py sends it: the secret itself never travels), and
   - the workflows in n8n/workflows/<department>/, published (active),
 and changes nothing that is already so: ids are fixed in the files, the current state is read
 with `n8n export:*` and only what differs is imported or published. A second run reports
@@ -29,6 +30,8 @@ Stdlib only: this file must not import aio_agent.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -45,6 +48,7 @@ WORKFLOWS = HERE / "workflows"
 CREDENTIALS = HERE / "credentials"
 DEPARTMENT_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,30}$")
 MIN_SECRET_LENGTH = 16
+HEADER_TOKEN_CONTEXT = b"aio-federation header auth v1"
 EX_OK, EX_USAGE, EX_UNAVAILABLE, EX_CONFIG = 0, 64, 69, 78
 # What makes a workflow "the same": everything an import writes that a user would notice.
 COMPARED_WORKFLOW_FIELDS = ("name", "nodes", "connections", "settings")
@@ -83,11 +87,16 @@ def department_secret(department: str, env: dict[str, str]) -> tuple[str | None,
     return None, f"{specific} or {shared}"
 
 
+def header_token(secret: str) -> str:
+    """The X-AIO-Auth value the agent sends for `secret` (aio_agent.signing.header_token)."""
+    return hmac.new(secret.encode(), HEADER_TOKEN_CONTEXT, hashlib.sha256).hexdigest()
+
+
 def desired_credential(department: str, secret: str) -> dict[str, Any]:
     """The credential template n8n/credentials/<department>.json with its value filled in."""
     path = CREDENTIALS / f"{department}.json"
     document = json.loads(path.read_text(encoding="utf-8"))
-    document["data"]["value"] = secret
+    document["data"]["value"] = header_token(secret)
     return document
 
 

@@ -152,7 +152,15 @@ def test_provision_plan_touches_only_what_differs() -> None:
     assert [w["id"] for w in todo.imports] == [workflows[0]["id"]]
     assert todo.publish == [workflows[0]["id"], workflows[1]["id"]]
     assert [c["id"] for c in todo.credentials] == [credentials[1]["id"]]
-    assert todo.credentials[0]["data"]["value"] == "x" * 32
+    assert todo.credentials[0]["data"]["value"] == signing.header_token("x" * 32)
+
+
+def test_the_provisioners_header_token_is_what_the_agent_sends() -> None:
+    provision = _provision_module()
+    for secret in ("x" * 32, "local-test-webhook-secret", "Ünïcode-secret-0123456789"):
+        assert provision.header_token(secret) == signing.header_token(secret)
+        credential = provision.desired_credential("hr", secret)
+        assert credential["data"]["value"] == signing.header_token(secret) != secret
 
 
 # --- a real n8n ---------------------------------------------------------------------------------

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
-from aio_agent.signing import iso_utc, request_body, sign, signed_headers, verify
+from aio_agent.signing import (
+    header_token,
+    iso_utc,
+    request_body,
+    sign,
+    signed_headers,
+    verify,
+)
+from tests.support import PYTHON, process_env
 
 SECRET = "s3cret"
 NOW = 1_700_000_000
@@ -56,9 +65,35 @@ def test_signed_headers_carry_auth_timestamp_request_id_and_signature() -> None:
         "Content-Type": "application/json",
         "X-AIO-Timestamp": str(NOW),
         "X-AIO-Request-Id": "abc",
-        "X-AIO-Auth": SECRET,
+        "X-AIO-Auth": header_token(SECRET),
         "X-Signature": sign(SECRET, NOW, body),
     }
+    assert all(SECRET not in value for value in headers.values())  # the key itself never travels
+
+
+def test_header_token_matches_openssl() -> None:
+    # printf %s 'aio-federation header auth v1' | openssl dgst -sha256 -hmac s3cret
+    assert header_token(SECRET) == (
+        "962a76fd74481f326aa579c6c357225629c43da6f9e4f19e520f5ff72564d158"
+    )
+
+
+def test_header_token_command_prints_the_token_of_the_secret_in_the_environment() -> None:
+    def run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PYTHON, "-m", "aio_agent.signing", "header-token"],
+            env=process_env(env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    made = run({"N8N_WEBHOOK_SECRET": SECRET})
+    assert (made.returncode, made.stdout) == (0, header_token(SECRET) + "\n")
+    missing = run({})
+    assert missing.returncode == 78
+    assert "N8N_WEBHOOK_SECRET is not set" in missing.stderr
 
 
 def test_without_a_secret_no_auth_or_signature_headers_are_sent() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from aio_agent import metrics
 from aio_agent.config import build_config
-from aio_agent.signing import sign
+from aio_agent.signing import header_token, sign
 from aio_agent.tools import MAX_RESPONSE_BYTES, N8nToolClient
 from tests.fakes.n8n_server import FakeN8n
 from tests.pgcluster import free_port
@@ -267,7 +267,7 @@ async def test_the_fake_refuses_bad_signatures_missing_auth_and_replays(n8n):
     body = b'{"a":1}'
     ts = int(time.time())
     good = {
-        "X-AIO-Auth": SECRET,
+        "X-AIO-Auth": header_token(SECRET),
         "X-AIO-Timestamp": str(ts),
         "X-AIO-Request-Id": "r1",
         "X-Signature": sign(SECRET, ts, body),

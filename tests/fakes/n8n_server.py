@@ -4,7 +4,8 @@ Stands in for: n8n's production webhooks (`POST /webhook/<department>/<tool>`), 
 workflows would serve them when they check the agent's header auth and signature.
 Speaks: plain HTTP/1.1 on 127.0.0.1 (aiohttp), the request format and signing scheme documented in
 `aio_agent.signing` (verified with `aio_agent.signing.verify`, the same code a reader would trust):
-403 when X-AIO-Auth is missing or wrong (what n8n's Header Auth answers), 401 when the signature or
+403 when X-AIO-Auth is missing or is not the header token of the secret (what n8n's Header Auth
+answers, its credential holding `aio_agent.signing.header_token(secret)`), 401 when the signature or
 timestamp is bad, 409 when a request id is reused (replay), 404 for a route nobody scripted.
 Scriptable per route: answer JSON, fail with a status N times then answer, answer a fixed 4xx,
 sleep before answering (to cause client timeouts), answer a huge body, drop the connection.
@@ -28,6 +29,7 @@ from aio_agent.signing import (
     REQUEST_ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    header_token,
     verify,
 )
 from tests.fakes.serving import serve
@@ -144,7 +146,7 @@ class FakeN8n:
         self, request: web.Request, body: bytes, record: Recorded
     ) -> web.StreamResponse:
         if self.secret is not None:
-            if request.headers.get(AUTH_HEADER) != self.secret:
+            if request.headers.get(AUTH_HEADER) != header_token(self.secret):
                 return web.json_response({"message": "Authorization data is wrong!"}, status=403)
             if not verify(
                 self.secret,
