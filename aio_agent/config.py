@@ -183,8 +183,8 @@ class Settings(BaseModel):
     )
     n8n_webhook_secret: SecretStr | None = _var(
         "N8N_WEBHOOK_SECRET",
-        "Shared secret, at least 16 characters: sent as header auth and used to sign each body "
-        "(HMAC-SHA256).",
+        "Shared secret, at least 16 characters: signs each body (HMAC-SHA256) and yields the "
+        "header-auth token; never sent itself.",
         default=None,
         secret=True,
     )
