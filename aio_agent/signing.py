@@ -63,6 +63,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from aio_agent.exitcodes import EX_CONFIG, EX_OK, EX_USAGE
+
 AUTH_HEADER = "X-AIO-Auth"
 TIMESTAMP_HEADER = "X-AIO-Timestamp"
 REQUEST_ID_HEADER = "X-AIO-Request-Id"
@@ -174,13 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
-        return 0 if exc.code == 0 else 64
+        return EX_OK if exc.code == 0 else EX_USAGE
     secret = os.environ.get(args.secret_env, "")
     if not secret:
         sys.stderr.write(f"{args.secret_env} is not set: export the webhook secret first\n")
-        return 78
+        return EX_CONFIG
     sys.stdout.write(header_token(secret) + "\n")
-    return 0
+    return EX_OK
 
 
 if __name__ == "__main__":

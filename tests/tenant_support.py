@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +152,16 @@ def make_init_db_database(cluster: PostgresCluster) -> str:
     dbname = cluster.create_database()
     load_init_db(cluster, dbname)
     return dbname
+
+
+@contextlib.asynccontextmanager
+async def table_locked(cluster: PostgresCluster, dbname: str, table: str) -> AsyncIterator[None]:
+    """Another session holds `table` (as a migration or VACUUM FULL would): every read and write
+    of it waits until the block ends."""
+    locker = await asyncpg.connect(cluster.dsn(dbname=dbname))
+    try:
+        async with locker.transaction():
+            await locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await locker.close()

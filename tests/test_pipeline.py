@@ -26,7 +26,7 @@ from tests.fakes.n8n_server import FakeN8n
 from tests.fakes.openai_server import FakeOpenAIServer, ToolRule
 from tests.pgcluster import PostgresCluster
 from tests.support import valid_env
-from tests.tenant_support import password_of, tenant_dsn
+from tests.tenant_support import password_of, table_locked, tenant_dsn
 
 SECRET = "pipeline-test-n8n-secret"
 TOOLS_YAML = """
@@ -264,18 +264,12 @@ async def test_a_stalled_database_ends_the_search_at_its_timeout_and_the_caller_
     )
     store = Store.from_config(config)
     await store.start()
-    # Another session holds the table (a migration, a VACUUM FULL): every read of it waits.
-    locker = await asyncpg.connect(pg_cluster.dsn(dbname=pg_database))
-    locked = locker.transaction()
-    await locked.start()
-    await locker.execute("LOCK TABLE hr_tenant.drive_documents IN ACCESS EXCLUSIVE MODE")
     try:
-        started = asyncio.get_running_loop().time()
-        result = await ask(config, "Which documents talk about leave?", store=store)
-        elapsed = asyncio.get_running_loop().time() - started
+        async with table_locked(pg_cluster, pg_database, "hr_tenant.drive_documents"):
+            started = asyncio.get_running_loop().time()
+            result = await ask(config, "Which documents talk about leave?", store=store)
+            elapsed = asyncio.get_running_loop().time() - started
     finally:
-        await locked.rollback()
-        await locker.close()
         await store.stop()
 
     result.expect.next_event().is_function_call(name="search_documents")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 
 from aio_agent.config import build_config
@@ -28,7 +27,7 @@ from aio_agent.store import Store
 from aio_agent.worker import DepartmentWorker
 from tests.fakes.livekit_server import FakeLiveKitServer
 from tests.support import PYTHON, process_env, render_config, valid_env
-from tests.tenant_support import tenant_dsn
+from tests.tenant_support import table_locked, tenant_dsn
 from tests.test_pipeline import setup_tenants, tenant_rows
 
 KEY = "devkey"
@@ -161,35 +160,31 @@ async def test_a_graceful_stop_writes_every_queued_row_before_exiting(
     probe_port = free_port()
     worker = worker_for(tmp_path, fake.url, "hr", probe_port, POSTGRES_URL=url)
     run = asyncio.create_task(worker.run(handle_signals=False))
-    # A slow database: another session holds tool_calls, so the writer's rows wait in the queue.
-    locker = await asyncpg.connect(pg_cluster.dsn(dbname=pg_database))
-    locked = locker.transaction()
     try:
         await wait_ready(probe_port, 200, within=20)  # registered, database reachable
-        await locked.start()
-        await locker.execute("LOCK TABLE hr_tenant.tool_calls IN ACCESS EXCLUSIVE MODE")
-        for n in range(50):
-            worker.store.record_tool_call(
-                session_id=f"call-{n}",
-                tool="lookup_policy",
-                arguments={"n": n},
-                status="ok",
-                http_status=200,
-                latency_ms=1.0,
-                attempts=1,
-                error=None,
-                response_bytes=10,
-            )
-        worker.request_stop("test")
-        await asyncio.sleep(1.0)
-        assert not run.done()  # the stop waits for the queue, not for nothing
-        await locked.rollback()  # the database answers again within the flush timeout
+        # A slow database: another session holds tool_calls, so the rows wait in the queue.
+        async with table_locked(pg_cluster, pg_database, "hr_tenant.tool_calls"):
+            for n in range(50):
+                worker.store.record_tool_call(
+                    session_id=f"call-{n}",
+                    tool="lookup_policy",
+                    arguments={"n": n},
+                    status="ok",
+                    http_status=200,
+                    latency_ms=1.0,
+                    attempts=1,
+                    error=None,
+                    response_bytes=10,
+                )
+            worker.request_stop("test")
+            await asyncio.sleep(1.0)
+            assert not run.done()  # the stop waits for the queue, not for nothing
+        # The database answers again, within the flush timeout.
         assert await asyncio.wait_for(run, timeout=30) == 0
     finally:
         if not run.done():
             worker.request_stop("cleanup")
             await asyncio.wait_for(run, timeout=30)
-        await locker.close()
         await fake.stop()
     rows = await tenant_rows(url, "hr", "SELECT session_id FROM tool_calls")
     assert sorted(int(r["session_id"].removeprefix("call-")) for r in rows) == list(range(50))
